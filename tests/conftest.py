@@ -1,0 +1,91 @@
+"""Shared fixtures: tiny real images on disk and small option files for the pipelines."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / 'shared'
+CHECKPOINTS = SHARED / 'seed' / 'checkpoints'
+KODAK24 = SHARED / 'testsets' / 'Kodak24'
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def smooth_image(rng, height, width, channels=3):
+    """A photo-like 8-bit image: smooth colour gradients plus texture."""
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    planes = [np.sin(6 * x * (c + 1) + rng.uniform(0, 6)) * np.cos(5 * y + c) for c in range(channels)]
+    img = 0.5 + 0.35 * np.stack(planes, axis=-1) + 0.05 * rng.standard_normal((height, width, channels))
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    """Four 56x64 training images and two 32x32 validation images."""
+    rng = np.random.default_rng(0)
+    for subset, count, size in (('train', 4, (56, 64)), ('val', 2, (32, 32))):
+        (tmp_path / subset).mkdir()
+        for i in range(count):
+            cv2.imwrite(str(tmp_path / subset / f'img{i}.png'), smooth_image(rng, *size))
+    return tmp_path
+
+
+def tiny_options(root, name='tiny', total_iter=4, usa=True, **train_overrides):
+    """Options of a short CPU run on the images of ``image_folder``: small denoiser, ResNet-18 USA network."""
+    train_set = {
+        'name': 'tiny_train', 'type': 'GaussianNoiseDataset', 'dataroot_gt': str(root / 'train'),
+        'io_backend': {'type': 'disk'}, 'gt_size': 32, 'use_hflip': True, 'use_rot': True,
+        'sigma_type': 'uniform', 'sigma': [5, 50], 'num_worker_per_gpu': 0, 'batch_size_per_gpu': 2,
+        'dataset_enlarge_ratio': 1,
+    }
+    train_set.update(train_overrides)
+    train = {
+        'ema_decay': 0.9,
+        'optim_g': {'type': 'Adam', 'lr': 1e-3},
+        'scheduler': {'type': 'MultiStepLR', 'milestones': [3], 'gamma': 0.5},
+        'total_iter': total_iter, 'warmup_iter': -1,
+        'pixel_opt': {'type': 'BatchSSELoss', 'loss_weight': 0.5},
+    }
+    if usa:
+        train['usa_opt'] = {'type': 'USALoss', 'loss_weight': 0.5, 'network': {
+            'type': 'USANet', 'backbone': 'resnet18', 'pretrained': 'none'}}
+    return {
+        'name': name, 'model_type': 'USAIDModel', 'num_gpu': 0, 'manual_seed': 10,
+        'datasets': {
+            'train': train_set,
+            'val': {'name': 'tiny_val', 'type': 'GaussianNoiseDataset', 'dataroot_gt': str(root / 'val'),
+                    'io_backend': {'type': 'disk'}, 'sigma_type': 'fixed', 'sigma': 25},
+        },
+        'network_g': {'type': 'USAID', 'num_feat': 16, 'num_layers': 5},
+        'path': {'pretrain_network_g': None, 'strict_load_g': True, 'resume_state': None},
+        'train': train,
+        'val': {'val_freq': 2, 'save_img': False, 'metrics': {
+            'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False}}},
+        'logger': {'print_freq': 1, 'save_checkpoint_freq': 2, 'use_tb_logger': True,
+                   'wandb': {'project': None, 'resume_id': None}},
+    }
+
+
+def write_options(opt, path):
+    with open(path, 'w') as f:
+        yaml.safe_dump(opt, f, sort_keys=False)
+    return path
+
+
+def run(args, cwd, env=None, timeout=600):
+    """Run a command, failing the test with its output if it fails."""
+    result = subprocess.run(args, cwd=cwd, env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, f'{args} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}'
+    return result
+
+
+def console_script(name):
+    return str(Path(sys.executable).parent / name)

@@ -1,0 +1,79 @@
+import copy
+
+import pytest
+import torch
+from basicsr.data import build_dataset
+from basicsr.models import build_model
+
+from tests.conftest import tiny_options
+
+
+def build(opt, tmp_path):
+    opt = copy.deepcopy(opt)
+    opt.update(is_train=True, dist=False, rank=0, world_size=1, root_path=str(tmp_path))
+    opt['path'].update(models=str(tmp_path), training_states=str(tmp_path))
+    return build_model(opt)
+
+
+def batch(root, size=2):
+    train = build_dataset({**tiny_options(root)['datasets']['train'], 'phase': 'train'})
+    samples = [train[i] for i in range(size)]
+    return {key: torch.stack([s[key] for s in samples]) for key in ('lq', 'gt')}
+
+
+def test_losses_are_logged_separately_and_frozen_network_never_changes(image_folder, tmp_path):
+    model = build(tiny_options(image_folder), tmp_path)
+    usa_net = model.cri_usa.net
+    frozen = {k: v.clone() for k, v in usa_net.state_dict().items()}
+    optimised = {id(p) for group in model.optimizer_g.param_groups for p in group['params']}
+    assert not optimised & {id(p) for p in usa_net.parameters()}
+    weights_before = [p.clone() for p in model.net_g.parameters()]
+    for step in range(1, 4):
+        model.feed_data(batch(image_folder))
+        model.optimize_parameters(step)
+    log = model.get_current_log()
+    assert set(log) == {'l_pix', 'l_usa', 'l_total'}
+    assert log['l_total'] == pytest.approx(log['l_pix'] + log['l_usa'], rel=1e-5)
+    assert all(torch.equal(frozen[k], v) for k, v in usa_net.state_dict().items())
+    assert any(not torch.equal(a, b) for a, b in zip(weights_before, model.net_g.parameters()))
+    assert model.lq.device == model.output.device == model.device
+
+
+def test_usa_term_changes_the_denoiser_update_unless_detached(image_folder, tmp_path):
+    data = batch(image_folder)
+
+    def first_step_weights(usa_opt):
+        opt = tiny_options(image_folder)
+        if usa_opt is None:
+            del opt['train']['usa_opt']
+        else:
+            opt['train']['usa_opt'].update(usa_opt)
+        torch.manual_seed(0)
+        model = build(opt, tmp_path)
+        model.feed_data(data)
+        model.optimize_parameters(1)
+        return [p.detach().clone() for p in model.net_g.parameters()]
+
+    mse_only = first_step_weights(None)
+    detached = first_step_weights({'detach_input': True})
+    joint = first_step_weights({'detach_input': False})
+    assert all(torch.equal(a, b) for a, b in zip(mse_only, detached))
+    assert any(not torch.allclose(a, b) for a, b in zip(mse_only, joint))
+
+
+def test_any_basicsr_network_and_adamw(image_folder, tmp_path):
+    opt = tiny_options(image_folder)
+    opt['network_g'] = {'type': 'RIDNet', 'in_channels': 3, 'mid_channels': 16, 'out_channels': 3, 'num_block': 1}
+    opt['train']['optim_g'] = {'type': 'AdamW', 'lr': 1e-3, 'weight_decay': 0.01}
+    model = build(opt, tmp_path)
+    assert isinstance(model.optimizer_g, torch.optim.AdamW)
+    model.feed_data(batch(image_folder))
+    model.optimize_parameters(1)
+    assert set(model.get_current_log()) == {'l_pix', 'l_usa', 'l_total'}
+
+
+def test_pixel_loss_is_required(image_folder, tmp_path):
+    opt = tiny_options(image_folder)
+    del opt['train']['pixel_opt']
+    with pytest.raises(ValueError, match='pixel_opt is required'):
+        build(opt, tmp_path)

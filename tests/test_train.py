@@ -1,0 +1,66 @@
+"""End to end through the console scripts, in a temporary directory, on CPU."""
+import sys
+
+import torch
+
+from tests.conftest import console_script, run, tiny_options, write_options
+
+
+def test_usaid_train_writes_checkpoints_states_events_and_metrics(image_folder, tmp_path):
+    opt_file = write_options(tiny_options(image_folder, name='e2e'), tmp_path / 'e2e.yml')
+    run([console_script('usaid-train'), '-opt', str(opt_file)], cwd=tmp_path)
+
+    experiment = tmp_path / 'experiments' / 'e2e'
+    for name in ('net_g_2.pth', 'net_g_4.pth', 'net_g_latest.pth'):
+        checkpoint = torch.load(experiment / 'models' / name, weights_only=True)
+        assert set(checkpoint) == {'params', 'params_ema'}
+    assert sorted(p.name for p in (experiment / 'training_states').iterdir()) == ['2.state', '4.state']
+    assert list((tmp_path / 'tb_logger' / 'e2e').glob('events.out.tfevents.*'))
+    log = next(experiment.glob('train_e2e_*.log')).read_text()
+    assert 'Validation tiny_val' in log and '# psnr:' in log
+    assert 'l_pix:' in log and 'l_usa:' in log and 'l_total:' in log
+    assert not (tmp_path / 'experiments' / 'e2e' / 'models' / 'net_g_4.pth.tmp').exists()
+
+
+def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(image_folder, tmp_path):
+    # deterministic CPU configuration: one worker-less process, one image and one sample per batch
+    def options(name, total_iter):
+        opt = tiny_options(image_folder, name=name, total_iter=total_iter, batch_size_per_gpu=1, gt_size=48,
+                           meta_info_file=str(tmp_path / 'one.txt'))
+        return write_options(opt, tmp_path / f'{name}_{total_iter}.yml')
+
+    (tmp_path / 'one.txt').write_text('img1.png\n')
+    train = [sys.executable, '-m', 'usaid.train', '-opt']
+    run(train + [str(options('straight', 6))], cwd=tmp_path)
+    run(train + [str(options('resumed', 4))], cwd=tmp_path)
+    run(train + [str(options('resumed', 6)), '--auto_resume'], cwd=tmp_path)
+
+    straight = torch.load(tmp_path / 'experiments/straight/models/net_g_6.pth', weights_only=True)
+    resumed = torch.load(tmp_path / 'experiments/resumed/models/net_g_6.pth', weights_only=True)
+    for key in ('params', 'params_ema'):
+        assert straight[key].keys() == resumed[key].keys()
+        for name, value in straight[key].items():
+            assert torch.equal(value, resumed[key][name]), f'{key}.{name} differs after resume'
+    state = torch.load(tmp_path / 'experiments/resumed/training_states/6.state', weights_only=False)
+    reference = torch.load(tmp_path / 'experiments/straight/training_states/6.state', weights_only=False)
+    assert state['schedulers'] == reference['schedulers']
+    logs = ''.join(p.read_text() for p in (tmp_path / 'experiments' / 'resumed').glob('train_resumed_*.log'))
+    assert 'Resuming training from epoch: 3, iter: 4.' in logs
+
+
+def test_usaid_test_writes_results(image_folder, tmp_path):
+    train_opt = tiny_options(image_folder, name='to_test', total_iter=2)
+    run([console_script('usaid-train'), '-opt', str(write_options(train_opt, tmp_path / 't.yml'))], cwd=tmp_path)
+    test_opt = {
+        'name': 'tested', 'model_type': 'USAIDModel', 'num_gpu': 0, 'manual_seed': 0,
+        'datasets': {'test_1': {**train_opt['datasets']['val'], 'name': 'tiny_sigma25'}},
+        'network_g': train_opt['network_g'],
+        'path': {'pretrain_network_g': str(tmp_path / 'experiments/to_test/models/net_g_latest.pth'),
+                 'strict_load_g': True, 'param_key_g': 'params'},
+        'val': {'save_img': True, 'suffix': None, 'metrics': train_opt['val']['metrics']},
+    }
+    run([console_script('usaid-test'), '-opt', str(write_options(test_opt, tmp_path / 'test.yml'))], cwd=tmp_path)
+    results = tmp_path / 'results' / 'tested'
+    assert sorted(p.name for p in (results / 'visualization' / 'tiny_sigma25').iterdir()) == [
+        'img0_tested.png', 'img1_tested.png']
+    assert '# psnr:' in next(results.glob('test_tested_*.log')).read_text()

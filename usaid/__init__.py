@@ -1,0 +1,11 @@
+"""U-SAID for BasicSR: importing this package registers its components in BasicSR's registries.
+
+``compat`` is applied first, because BasicSR 1.4.2 cannot be imported on a current torchvision without it.
+"""
+from usaid import compat
+
+compat.apply()
+
+from usaid import archs, data, losses, models  # noqa: E402,F401  (registration by import)
+
+__version__ = '0.1.0'

@@ -1,0 +1,24 @@
+from basicsr.utils.registry import LOSS_REGISTRY
+from torch import nn
+
+
+@LOSS_REGISTRY.register()
+class BatchSSELoss(nn.Module):
+    """Squared error summed over each image, averaged over the batch and halved: ``sum ||pred - target||^2 / (2N)``.
+
+    The normalisation of DnCNN and the U-SAID authors' script. BasicSR's ``MSELoss`` averages over pixels instead,
+    which only rescales the loss (by H*W*C/2); with Adam the two train alike, but the weights against other loss
+    terms differ.
+
+    Args:
+        loss_weight (float): Weight of this loss. Default: 1.0.
+    """
+
+    def __init__(self, loss_weight=1.0):
+        super().__init__()
+        self.loss_weight = loss_weight
+
+    def forward(self, pred, target, weight=None):
+        if weight is not None:
+            raise ValueError('BatchSSELoss does not take a per-pixel weight.')
+        return self.loss_weight * (pred - target).pow(2).sum() / (2 * pred.shape[0])

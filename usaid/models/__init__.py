@@ -1,0 +1,3 @@
+from usaid.models.usaid_model import USAIDModel
+
+__all__ = ['USAIDModel']

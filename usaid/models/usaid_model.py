@@ -1,0 +1,101 @@
+import os
+import random
+from collections import OrderedDict
+from os import path as osp
+
+import numpy as np
+import torch
+from basicsr.losses import build_loss
+from basicsr.models.sr_model import SRModel
+from basicsr.utils.dist_util import master_only
+from basicsr.utils.registry import MODEL_REGISTRY
+
+
+@MODEL_REGISTRY.register()
+class USAIDModel(SRModel):
+    """BasicSR's ``SRModel`` trained with a pixel loss plus U-SAID's USA loss, for any ``network_g``.
+
+    Options under ``train`` (besides BasicSR's ``optim_g``, ``scheduler``, ``ema_decay``, ...):
+        pixel_opt (dict): The fidelity loss, e.g. ``BatchSSELoss`` (the authors' ``sum / 2N``) or BasicSR's
+            ``MSELoss`` (mean). Required.
+        usa_opt (dict, optional): The USA loss (``USALoss``). Without it the model trains with ``pixel_opt`` only,
+            the baseline the paper compares against.
+
+    Logged separately: ``l_pix``, ``l_usa`` and ``l_total``. The losses stay on the device during the step; they are
+    reduced across processes and read to the host only when BasicSR logs them.
+
+    Training states also carry the random generators (Python, NumPy, torch), so that a resumed run draws the same
+    crops and noise as an uninterrupted one; validation runs on a forked torch generator, so it never shifts the
+    training stream.
+    """
+
+    def init_training_settings(self):
+        train_opt = self.opt['train']
+        if not train_opt.get('pixel_opt'):
+            raise ValueError('USAIDModel: train: pixel_opt is required (e.g. {type: BatchSSELoss, loss_weight: 0.5}).')
+        if train_opt.get('perceptual_opt'):
+            raise ValueError('USAIDModel: train: perceptual_opt is not supported; use pixel_opt and usa_opt.')
+        self.cri_usa = build_loss(train_opt['usa_opt']).to(self.device) if train_opt.get('usa_opt') else None
+        self.loss_terms = OrderedDict()
+        super().init_training_settings()
+
+    def optimize_parameters(self, current_iter):
+        self.optimizer_g.zero_grad(set_to_none=True)
+        self.output = self.net_g(self.lq)
+
+        losses = OrderedDict(l_pix=self.cri_pix(self.output, self.gt))
+        if self.cri_usa is not None:
+            losses['l_usa'] = self.cri_usa(self.output)
+        l_total = sum(losses.values())
+        l_total.backward()
+        self.optimizer_g.step()
+
+        losses['l_total'] = l_total
+        self.loss_terms = OrderedDict((name, value.detach()) for name, value in losses.items())
+        if self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+
+    def get_current_log(self):
+        """The last step's losses, averaged over processes (a collective: every rank calls it at print time)."""
+        return self.reduce_loss_dict(self.loss_terms)
+
+    def validation(self, dataloader, current_iter, tb_logger, save_img=False):
+        devices = [torch.cuda.current_device()] if self.device.type == 'cuda' else []
+        with torch.random.fork_rng(devices=devices):
+            super().validation(dataloader, current_iter, tb_logger, save_img)
+
+    @master_only
+    def save_training_state(self, epoch, current_iter):
+        """BasicSR's training state plus the random generators, written to a temporary file and renamed, so a kill
+        during the write never leaves a truncated ``<iter>.state`` for ``--auto_resume`` to pick."""
+        if current_iter == -1:
+            return
+        numpy_state = np.random.get_state()
+        state = {
+            'epoch': epoch,
+            'iter': current_iter,
+            'optimizers': [o.state_dict() for o in self.optimizers],
+            'schedulers': [s.state_dict() for s in self.schedulers],
+            'rng': {
+                'python': random.getstate(),
+                'numpy': (torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]),
+                'torch': torch.get_rng_state(),
+                'cuda': torch.cuda.get_rng_state() if self.device.type == 'cuda' else None,
+            },
+        }
+        path = osp.join(self.opt['path']['training_states'], f'{current_iter}.state')
+        torch.save(state, path + '.tmp')
+        os.replace(path + '.tmp', path)
+
+    def resume_training(self, resume_state):
+        super().resume_training(resume_state)
+        rng = resume_state.get('rng')
+        # one process's generators: restoring them on every rank would give all ranks the same stream
+        if rng is None or self.opt.get('world_size', 1) != 1:
+            return
+        random.setstate(rng['python'])
+        keys, *rest = rng['numpy']
+        np.random.set_state(('MT19937', keys.numpy().astype(np.uint32), *rest))
+        torch.set_rng_state(rng['torch'].cpu())
+        if rng['cuda'] is not None and self.device.type == 'cuda':
+            torch.cuda.set_rng_state(rng['cuda'].cpu())
