@@ -64,3 +64,15 @@ def test_usaid_test_writes_results(image_folder, tmp_path):
     assert sorted(p.name for p in (results / 'visualization' / 'tiny_sigma25').iterdir()) == [
         'img0_tested.png', 'img1_tested.png']
     assert '# psnr:' in next(results.glob('test_tested_*.log')).read_text()
+
+
+def test_torchrun_two_cpu_processes_with_gloo(image_folder, tmp_path):
+    opt_file = write_options(tiny_options(image_folder, name='ddp'), tmp_path / 'ddp.yml')
+    torchrun = console_script('torchrun')
+    result = run([torchrun, '--standalone', '--nproc_per_node=2', '-m', 'usaid.train', '-opt', str(opt_file),
+                  '--launcher', 'pytorch'], cwd=tmp_path)
+    experiment = tmp_path / 'experiments' / 'ddp'
+    log = next(experiment.glob('train_ddp_*.log')).read_text()
+    assert 'World size (gpu number): 2' in log and log.count('Validation tiny_val') == 3
+    assert (experiment / 'models' / 'net_g_4.pth').exists() and (experiment / 'training_states' / '4.state').exists()
+    assert 'Traceback' not in result.stderr
