@@ -23,6 +23,7 @@ $(STAMP): setup.py
 	$(PIP) install -q --no-build-isolation --no-deps basicsr==1.4.2
 	$(PIP) install -q --no-build-isolation --no-deps -e '.[test]'
 	$(PY) -c "import importlib.metadata as m; print('\n'.join(r.split(';')[0] for r in m.requires('basicsr-usaid') if not r.startswith('basicsr')))" > $(VENV)/usaid-requirements.txt
+	@echo "pip may now say 'basicsr 1.4.2 requires tb-nightly': expected, tensorboard replaces it on purpose."
 	$(PIP) install -q -r $(VENV)/usaid-requirements.txt
 	$(PY) -c "import usaid; print('basicsr-usaid installed:', usaid.__version__)"
 	touch $(STAMP)

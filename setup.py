@@ -36,7 +36,7 @@ setup(
     data_files=[(SITE_PACKAGES, ['usaid-autoload.pth'])],
     install_requires=[
         'basicsr==1.4.2',
-        'torch>=2.1',
+        'torch>=2.5',  # torch.serialization.safe_globals
         'torchvision>=0.16',
         'numpy',
         'opencv-python',

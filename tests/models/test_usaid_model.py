@@ -77,3 +77,16 @@ def test_pixel_loss_is_required(image_folder, tmp_path):
     del opt['train']['pixel_opt']
     with pytest.raises(ValueError, match='pixel_opt is required'):
         build(opt, tmp_path)
+
+
+def test_a_resumed_run_rebuilds_exactly_the_frozen_network_that_trained(image_folder, tmp_path):
+    torch.manual_seed(1)
+    trained = build(tiny_options(image_folder), tmp_path)
+    for step in range(1, 3):
+        trained.feed_data(batch(image_folder))
+        trained.optimize_parameters(step)
+    torch.manual_seed(2)  # a new process, at another point of the global random stream
+    rebuilt = build(tiny_options(image_folder), tmp_path)
+    before, after = trained.cri_usa.net.state_dict(), rebuilt.cri_usa.net.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
