@@ -58,6 +58,8 @@ setup(
         'console_scripts': [
             'usaid-train = usaid.train:main',
             'usaid-test = usaid.test:main',
+            'usaid-convert = usaid.tools.convert:main',
+            'usaid-denoise = usaid.tools.denoise:main',
         ],
     },
 )

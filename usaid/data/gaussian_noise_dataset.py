@@ -14,6 +14,12 @@ IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '
 SIGMA_TYPES = ('fixed', 'uniform', 'choice')
 
 
+def add_protocol_noise(rgb, sigma, seed=0):
+    """The literature's test noise: ``rgb + normal(0, sigma / 255)`` drawn over the whole H x W x C float array by a
+    generator seeded with ``seed`` (the numbers of ``np.random.seed(seed); np.random.normal(...)``), unclipped."""
+    return rgb + np.random.RandomState(seed).normal(0, sigma / 255., rgb.shape)
+
+
 def decode_image(content, path, in_ch=3):
     """Decode image bytes to an H x W x ``in_ch`` float32 array in [0, 1], BGR like BasicSR's ``imfrombytes``.
 
@@ -143,7 +149,7 @@ class GaussianNoiseDataset(data.Dataset):
             sigma = self.sigma
             gt = img2tensor(img, bgr2rgb=True, float32=True)
             rgb = gt.permute(1, 2, 0).numpy()
-            noisy = rgb + np.random.RandomState(self.noise_seed).normal(0, sigma / 255., rgb.shape)
+            noisy = add_protocol_noise(rgb, sigma, self.noise_seed)
             lq = torch.from_numpy(noisy.astype(np.float32)).permute(2, 0, 1).contiguous()
         return {'lq': lq, 'gt': gt, 'lq_path': path, 'gt_path': path, 'sigma': sigma}
 

@@ -1,3 +1,4 @@
+import csv
 import os
 import random
 from collections import OrderedDict
@@ -6,9 +7,12 @@ from os import path as osp
 import numpy as np
 import torch
 from basicsr.losses import build_loss
+from basicsr.metrics import calculate_metric
 from basicsr.models.sr_model import SRModel
+from basicsr.utils import imwrite, tensor2img
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
+from tqdm import tqdm
 
 
 @MODEL_REGISTRY.register()
@@ -23,6 +27,9 @@ class USAIDModel(SRModel):
 
     Logged separately: ``l_pix``, ``l_usa`` and ``l_total``. The losses stay on the device during the step; they are
     reduced across processes and read to the host only when BasicSR logs them.
+
+    Validation and testing compute BasicSR's metrics image by image; a test run (``usaid-test``) also writes them to
+    ``results/<name>/<dataset name>.csv`` (image, sigma, one column per metric), to compare models image by image.
 
     Training states also carry the random generators (Python, NumPy, torch), so that a resumed run draws the same
     crops and noise as an uninterrupted one; validation runs on a forked torch generator, so it never shifts the
@@ -63,6 +70,50 @@ class USAIDModel(SRModel):
         devices = [torch.cuda.current_device()] if self.device.type == 'cuda' else []
         with torch.random.fork_rng(devices=devices):
             super().validation(dataloader, current_iter, tb_logger, save_img)
+
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        """SRModel's validation, keeping each image's metrics (for the CSV) instead of only their running sum."""
+        dataset_name = dataloader.dataset.opt['name']
+        metrics_opt = self.opt['val'].get('metrics') or {}
+        if metrics_opt:
+            self._initialize_best_metric_results(dataset_name)
+        rows = []
+        for val_data in tqdm(dataloader, unit='image', disable=not self.opt['val'].get('pbar', False)):
+            img_name = osp.splitext(osp.basename(val_data['lq_path'][0]))[0]
+            self.feed_data(val_data)
+            self.test()
+            output = tensor2img(self.output)
+            row = {'image': img_name, 'sigma': float(val_data['sigma'][0]) if 'sigma' in val_data else ''}
+            if metrics_opt:
+                images = {'img': output, 'img2': tensor2img(self.gt)}
+                row.update((name, float(calculate_metric(images, opt_))) for name, opt_ in metrics_opt.items())
+            rows.append(row)
+            if save_img:
+                imwrite(output, self._visualization_path(dataset_name, img_name, current_iter))
+            del self.lq, self.output
+            self.__dict__.pop('gt', None)
+
+        if metrics_opt:
+            self.metric_results = {name: sum(r[name] for r in rows) / len(rows) for name in metrics_opt}
+            for name, value in self.metric_results.items():
+                self._update_best_metric_result(dataset_name, name, value, current_iter)
+            self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+        if not self.opt['is_train']:
+            self._write_metrics_csv(dataset_name, rows)
+
+    def _visualization_path(self, dataset_name, img_name, current_iter):
+        """Where BasicSR's SRModel saves a validation image."""
+        if self.opt['is_train']:
+            return osp.join(self.opt['path']['visualization'], img_name, f'{img_name}_{current_iter}.png')
+        suffix = self.opt['val'].get('suffix') or self.opt['name']
+        return osp.join(self.opt['path']['visualization'], dataset_name, f'{img_name}_{suffix}.png')
+
+    def _write_metrics_csv(self, dataset_name, rows):
+        path = osp.join(self.opt['path']['results_root'], f'{dataset_name}.csv')
+        with open(path, 'w', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ['image', 'sigma'])
+            writer.writeheader()
+            writer.writerows(rows)
 
     @master_only
     def save_training_state(self, epoch, current_iter):
