@@ -60,6 +60,7 @@ setup(
             'usaid-test = usaid.test:main',
             'usaid-convert = usaid.tools.convert:main',
             'usaid-denoise = usaid.tools.denoise:main',
+            'usaid-make-lmdb = usaid.tools.make_lmdb:main',
         ],
     },
 )

@@ -1,4 +1,5 @@
 """End to end through the console scripts, in a temporary directory, on CPU."""
+import csv
 import sys
 
 import torch
@@ -63,7 +64,11 @@ def test_usaid_test_writes_results(image_folder, tmp_path):
     results = tmp_path / 'results' / 'tested'
     assert sorted(p.name for p in (results / 'visualization' / 'tiny_sigma25').iterdir()) == [
         'img0_tested.png', 'img1_tested.png']
-    assert '# psnr:' in next(results.glob('test_tested_*.log')).read_text()
+    with open(results / 'tiny_sigma25.csv') as f:
+        rows = list(csv.DictReader(f))
+    assert [r['image'] for r in rows] == ['img0', 'img1'] and all(r['sigma'] == '25.0' for r in rows)
+    mean_psnr = sum(float(r['psnr']) for r in rows) / 2
+    assert f'# psnr: {mean_psnr:.4f}' in next(results.glob('test_tested_*.log')).read_text()
 
 
 def test_torchrun_two_cpu_processes_with_gloo(image_folder, tmp_path):
