@@ -9,6 +9,7 @@ from basicsr.models import build_model
 from basicsr.utils.options import ordered_yaml, parse_options
 
 from tests.conftest import REPO
+from usaid.tools.make_lmdb import make_lmdb
 
 OPTION_FILES = sorted((REPO / 'options').glob('*.yml'))
 
@@ -25,8 +26,14 @@ def test_parse_and_build_with_tiny_data(option_file, image_folder, tmp_path, mon
         opt = yaml.load(f, Loader=ordered_yaml()[0])
     is_train = 'train' in opt
     for phase, dataset_opt in opt['datasets'].items():
-        dataset_opt['dataroot_gt'] = str(image_folder / ('train' if phase == 'train' else 'val'))
+        folder = image_folder / ('train' if phase == 'train' else 'val')
         dataset_opt.pop('meta_info_file', None)
+        if dataset_opt['io_backend']['type'] == 'lmdb':
+            lmdb_path = tmp_path / f'{phase}.lmdb'
+            make_lmdb(str(folder), str(lmdb_path))
+            dataset_opt['dataroot_gt'] = str(lmdb_path)
+        else:
+            dataset_opt['dataroot_gt'] = str(folder)
         dataset_opt['num_worker_per_gpu'] = 0
     opt['path']['pretrain_network_g'] = None
     usa = opt.get('train', {}).get('usa_opt')

@@ -1,10 +1,14 @@
 """End to end through the console scripts, in a temporary directory, on CPU."""
 import csv
+import os
+import subprocess
 import sys
+import time
 
 import torch
 
 from tests.conftest import console_script, run, tiny_options, write_options
+from usaid import compat
 
 
 def test_usaid_train_writes_checkpoints_states_events_and_metrics(image_folder, tmp_path):
@@ -20,7 +24,7 @@ def test_usaid_train_writes_checkpoints_states_events_and_metrics(image_folder, 
     log = next(experiment.glob('train_e2e_*.log')).read_text()
     assert 'Validation tiny_val' in log and '# psnr:' in log
     assert 'l_pix:' in log and 'l_usa:' in log and 'l_total:' in log
-    assert not (tmp_path / 'experiments' / 'e2e' / 'models' / 'net_g_4.pth.tmp').exists()
+    assert not list((experiment / 'models' / '.staging').iterdir())  # every save was renamed into place
 
 
 def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(image_folder, tmp_path):
@@ -81,3 +85,33 @@ def test_torchrun_two_cpu_processes_with_gloo(image_folder, tmp_path):
     assert 'World size (gpu number): 2' in log and log.count('Validation tiny_val') == 3
     assert (experiment / 'models' / 'net_g_4.pth').exists() and (experiment / 'training_states' / '4.state').exists()
     assert 'Traceback' not in result.stderr
+
+
+def test_sigkill_during_training_then_auto_resume_loses_at_most_one_checkpoint_interval(image_folder, tmp_path):
+    opt = tiny_options(image_folder, name='killed', total_iter=400)
+    opt['logger']['save_checkpoint_freq'] = 3
+    opt['val']['val_freq'] = 1000
+    opt_file = write_options(opt, tmp_path / 'killed.yml')
+    states = tmp_path / 'experiments' / 'killed' / 'training_states'
+    process = subprocess.Popen([sys.executable, '-m', 'usaid.train', '-opt', str(opt_file)], cwd=tmp_path,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (states / '9.state').exists():
+            assert process.poll() is None and time.time() < deadline, 'training did not reach iteration 9'
+            time.sleep(0.05)
+    finally:
+        process.kill()  # SIGKILL: no handler, no cleanup
+        process.wait()
+    last_saved = compat.latest_training_state(str(states))
+    saved_iter = int(os.path.basename(last_saved).split('.')[0])
+    for checkpoint in (tmp_path / 'experiments' / 'killed' / 'models').glob('*.pth'):
+        torch.load(checkpoint, weights_only=True)  # every visible checkpoint is complete
+    torch.load(last_saved, weights_only=False)
+
+    opt['train']['total_iter'] = saved_iter + 3
+    run([sys.executable, '-m', 'usaid.train', '-opt', str(write_options(opt, opt_file)), '--auto_resume'],
+        cwd=tmp_path)
+    logs = ''.join(p.read_text() for p in (tmp_path / 'experiments' / 'killed').glob('train_killed_*.log'))
+    assert f'iter: {saved_iter}.' in logs.split('Resuming training from epoch')[1].splitlines()[0]
+    assert (states / f'{saved_iter + 3}.state').exists()

@@ -116,6 +116,22 @@ class USAIDModel(SRModel):
             writer.writerows(rows)
 
     @master_only
+    def save_network(self, net, net_label, current_iter, param_key='params'):
+        """BasicSR's ``save_network``, staged in ``models/.staging`` and renamed into place, so a kill during the
+        write never leaves a truncated ``net_g_<iter>.pth`` or ``net_g_latest.pth``."""
+        models = self.opt['path']['models']
+        staging = osp.join(models, '.staging')
+        os.makedirs(staging, exist_ok=True)
+        self.opt['path']['models'] = staging
+        try:
+            super().save_network(net, net_label, current_iter, param_key)
+        finally:
+            self.opt['path']['models'] = models
+        name = f"{net_label}_{'latest' if current_iter == -1 else current_iter}.pth"
+        if osp.exists(osp.join(staging, name)):  # BasicSR logs and skips a save that failed three times
+            os.replace(osp.join(staging, name), osp.join(models, name))
+
+    @master_only
     def save_training_state(self, epoch, current_iter):
         """BasicSR's training state plus the random generators, written to a temporary file and renamed, so a kill
         during the write never leaves a truncated ``<iter>.state`` for ``--auto_resume`` to pick."""
