@@ -1,6 +1,5 @@
 """Every shipped option file parses with BasicSR's parse_options and builds its model and datasets."""
 import sys
-from pathlib import Path
 
 import pytest
 import yaml

@@ -27,30 +27,33 @@ def test_usaid_train_writes_checkpoints_states_events_and_metrics(image_folder, 
     assert not list((experiment / 'models' / '.staging').iterdir())  # every save was renamed into place
 
 
-def test_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(image_folder, tmp_path):
-    # deterministic CPU configuration: one worker-less process, one image and one sample per batch
+def test_run_interrupted_mid_epoch_and_resumed_ends_with_the_weights_of_an_uninterrupted_one(image_folder, tmp_path):
+    # 4 images x enlarge ratio 2 / batch 2 = 4 iterations an epoch; stopped at iteration 6, in the middle of the
+    # second epoch; two data workers
     def options(name, total_iter):
-        opt = tiny_options(image_folder, name=name, total_iter=total_iter, batch_size_per_gpu=1, gt_size=48,
-                           meta_info_file=str(tmp_path / 'one.txt'))
+        opt = tiny_options(image_folder, name=name, total_iter=total_iter, num_worker_per_gpu=2,
+                           dataset_enlarge_ratio=2)
         return write_options(opt, tmp_path / f'{name}_{total_iter}.yml')
 
-    (tmp_path / 'one.txt').write_text('img1.png\n')
     train = [sys.executable, '-m', 'usaid.train', '-opt']
-    run(train + [str(options('straight', 6))], cwd=tmp_path)
-    run(train + [str(options('resumed', 4))], cwd=tmp_path)
-    run(train + [str(options('resumed', 6)), '--auto_resume'], cwd=tmp_path)
+    run(train + [str(options('straight', 10))], cwd=tmp_path)
+    run(train + [str(options('resumed', 6))], cwd=tmp_path)
+    run(train + [str(options('resumed', 10)), '--auto_resume'], cwd=tmp_path)
 
-    straight = torch.load(tmp_path / 'experiments/straight/models/net_g_6.pth', weights_only=True)
-    resumed = torch.load(tmp_path / 'experiments/resumed/models/net_g_6.pth', weights_only=True)
+    experiments = tmp_path / 'experiments'
+    straight = torch.load(experiments / 'straight/models/net_g_10.pth', weights_only=True)
+    resumed = torch.load(experiments / 'resumed/models/net_g_10.pth', weights_only=True)
     for key in ('params', 'params_ema'):
         assert straight[key].keys() == resumed[key].keys()
         for name, value in straight[key].items():
             assert torch.equal(value, resumed[key][name]), f'{key}.{name} differs after resume'
-    state = torch.load(tmp_path / 'experiments/resumed/training_states/6.state', weights_only=False)
-    reference = torch.load(tmp_path / 'experiments/straight/training_states/6.state', weights_only=False)
-    assert state['schedulers'] == reference['schedulers']
-    logs = ''.join(p.read_text() for p in (tmp_path / 'experiments' / 'resumed').glob('train_resumed_*.log'))
-    assert 'Resuming training from epoch: 3, iter: 4.' in logs
+    state = torch.load(experiments / 'resumed/training_states/10.state', weights_only=False)
+    reference = torch.load(experiments / 'straight/training_states/10.state', weights_only=False)
+    assert state['schedulers'] == reference['schedulers'] and state['epoch'] == reference['epoch']
+    for ours, theirs in zip(state['optimizers'][0]['state'].values(), reference['optimizers'][0]['state'].values()):
+        assert all(torch.equal(ours[k], theirs[k]) for k in ('exp_avg', 'exp_avg_sq', 'step'))
+    logs = ''.join(p.read_text() for p in (experiments / 'resumed').glob('train_resumed_*.log'))
+    assert 'Resuming training from epoch: 1, iter: 6.' in logs
 
 
 def test_usaid_test_writes_results(image_folder, tmp_path):
@@ -115,3 +118,17 @@ def test_sigkill_during_training_then_auto_resume_loses_at_most_one_checkpoint_i
     logs = ''.join(p.read_text() for p in (tmp_path / 'experiments' / 'killed').glob('train_killed_*.log'))
     assert f'iter: {saved_iter}.' in logs.split('Resuming training from epoch')[1].splitlines()[0]
     assert (states / f'{saved_iter + 3}.state').exists()
+
+
+def test_two_process_run_resumed_mid_epoch_matches_an_uninterrupted_one(image_folder, tmp_path):
+    def options(name, total_iter):
+        opt = tiny_options(image_folder, name=name, total_iter=total_iter, dataset_enlarge_ratio=4)
+        return write_options(opt, tmp_path / f'{name}_{total_iter}.yml')  # 2 ranks x batch 2: 4 iterations an epoch
+
+    torchrun = [console_script('torchrun'), '--standalone', '--nproc_per_node=2', '-m', 'usaid.train', '-opt']
+    run(torchrun + [str(options('straight', 8)), '--launcher', 'pytorch'], cwd=tmp_path)
+    run(torchrun + [str(options('resumed', 6)), '--launcher', 'pytorch'], cwd=tmp_path)
+    run(torchrun + [str(options('resumed', 8)), '--launcher', 'pytorch', '--auto_resume'], cwd=tmp_path)
+    straight = torch.load(tmp_path / 'experiments/straight/models/net_g_8.pth', weights_only=True)['params']
+    resumed = torch.load(tmp_path / 'experiments/resumed/models/net_g_8.pth', weights_only=True)['params']
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)

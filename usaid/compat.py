@@ -116,6 +116,10 @@ def load_resume_state(opt):
     with torch.serialization.safe_globals([Counter]):
         resume_state = torch.load(resume_path, map_location=map_location(opt), weights_only=True)
     check_resume(opt, resume_state['iter'])
+    # for ResumableSampler: skip, in the interrupted epoch, the batches already trained on
+    train_opt = opt['datasets']['train']
+    per_process = 1 if opt['dist'] or opt['num_gpu'] <= 1 else opt['num_gpu']  # as basicsr.data.build_dataloader
+    train_opt['resume'] = {'iter': resume_state['iter'], 'batch_size': train_opt['batch_size_per_gpu'] * per_process}
     return resume_state
 
 
@@ -126,12 +130,19 @@ def apply():
         return
     _alias_functional_tensor()
 
+    import basicsr.data.data_sampler
     import basicsr.train
     import basicsr.utils.options
     from basicsr.models.base_model import BaseModel
 
+    from usaid.data.resumable_sampler import ResumableSampler
+
     basicsr.utils.options.init_dist = init_dist
     basicsr.train.load_resume_state = load_resume_state
+    # BasicSR restarts an interrupted epoch from its start and ties sample randomness to worker streams; the same
+    # sampler, resumable and numbering samples (upstream: basicsr/train.py, basicsr/data/data_sampler.py)
+    basicsr.data.data_sampler.EnlargedSampler = ResumableSampler
+    basicsr.train.EnlargedSampler = ResumableSampler
     BaseModel.model_to_device = model_to_device
     BaseModel.get_optimizer = get_optimizer
     _applied = True

@@ -10,7 +10,7 @@ import yaml
 
 from tests.conftest import CHECKPOINTS, KODAK24, console_script, run, smooth_image
 from usaid.archs import USAID
-from usaid.tools.denoise import denoise, load_denoiser
+from usaid.tools.denoise import denoise
 
 needs_released = pytest.mark.skipif(not ((CHECKPOINTS / 'USAID.pth').exists() and KODAK24.exists()),
                                     reason='released checkpoints or Kodak24 not found')

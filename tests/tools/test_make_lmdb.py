@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 from basicsr.data import build_dataloader, build_dataset
-from basicsr.data.data_sampler import EnlargedSampler
 from basicsr.utils import set_random_seed
 
 from tests.conftest import console_script, run, tiny_options
+from usaid.data.resumable_sampler import ResumableSampler
 from usaid.tools.make_lmdb import make_lmdb
 
 
@@ -77,7 +77,7 @@ def test_training_batches_are_the_same_from_the_folder_and_its_lmdb(image_folder
         set_random_seed(7)
         dataset = build_dataset(dataset_opt)
         loader = build_dataloader(dataset, dataset_opt, num_gpu=0, dist=False,
-                                  sampler=EnlargedSampler(dataset, 1, 0, 3), seed=7)
+                                  sampler=ResumableSampler(dataset, 1, 0, 3), seed=7)
         return [b for _ in range(2) for b in loader]
 
     from_folder, from_lmdb = batches(folder_opt), batches(lmdb_opt)

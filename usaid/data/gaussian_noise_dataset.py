@@ -1,4 +1,5 @@
 import random
+from contextlib import contextmanager
 from os import path as osp
 
 import cv2
@@ -18,6 +19,17 @@ def add_protocol_noise(rgb, sigma, seed=0):
     """The literature's test noise: ``rgb + normal(0, sigma / 255)`` drawn over the whole H x W x C float array by a
     generator seeded with ``seed`` (the numbers of ``np.random.seed(seed); np.random.normal(...)``), unclipped."""
     return rgb + np.random.RandomState(seed).normal(0, sigma / 255., rgb.shape)
+
+
+@contextmanager
+def python_random_seeded(seed):
+    """Run a block on Python's ``random`` seeded with ``seed``, restoring the previous state afterwards."""
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
 
 
 def decode_image(content, path, in_ch=3):
@@ -46,9 +58,11 @@ class GaussianNoiseDataset(data.Dataset):
     (``io_backend: {type: lmdb}``, keys from the LMDB's ``meta_info.txt``).
 
     Training (``phase: train``): a random ``gt_size`` crop, BasicSR's flip/rotation augmentation, then noise of a
-    sigma drawn per image, all on the fly. The noise is not clipped. Every random choice comes from Python's
-    ``random``, which BasicSR seeds (per worker) and which a training state saves and restores; the DataLoader
-    itself draws from torch's generator, so keeping the data off it makes a resumed run draw the same data.
+    sigma drawn per image, all on the fly. The noise is not clipped. With BasicSR's training pipeline the sampler
+    (:class:`~usaid.data.resumable_sampler.ResumableSampler`) numbers every sample of the run, and all of a sample's
+    randomness comes from a generator seeded with that number and with a base seed drawn at construction (after
+    BasicSR seeded the process with ``manual_seed + rank``): the same data whatever the number of workers, and the
+    same data after a resume. Given a plain image index (another sampler), it draws from Python's ``random``.
 
     Validation and test: exactly the literature's protocol, so results compare with published tables: for each
     image, a generator seeded with ``noise_seed`` draws ``normal(0, sigma / 255)`` over the whole H x W x C RGB float
@@ -83,6 +97,8 @@ class GaussianNoiseDataset(data.Dataset):
         self.sigma = self._check_sigma(opt.get('sigma'))
         self.noise_seed = int(opt.get('noise_seed', 0))
         self.gt_size = opt.get('gt_size')
+        self.sample_numbers = self.phase == 'train'  # asks ResumableSampler for sample numbers
+        self.base_seed = random.getrandbits(63)
         if self.phase == 'train' and not self.gt_size:
             raise ValueError(f"datasets: {opt.get('name')}: gt_size is required for training.")
 
@@ -129,20 +145,16 @@ class GaussianNoiseDataset(data.Dataset):
     def __getitem__(self, index):
         if self.file_client is None:  # opened in the worker process, as BasicSR's datasets do
             self.file_client = FileClient(self.io_backend_opt.pop('type'), **self.io_backend_opt)
+        sample_number, index = divmod(index, len(self.paths))
         path = self.paths[index]
         img = decode_image(self.file_client.get(path, 'gt'), path, self.in_ch)
 
         if self.phase == 'train':
-            h, w = img.shape[:2]
-            if h < self.gt_size or w < self.gt_size:
-                raise ValueError(f'{path}: {h}x{w} is smaller than gt_size {self.gt_size}.')
-            top, left = random.randint(0, h - self.gt_size), random.randint(0, w - self.gt_size)
-            img = img[top:top + self.gt_size, left:left + self.gt_size]
-            img = augment(img, self.opt.get('use_hflip', False), self.opt.get('use_rot', False))
-            gt = img2tensor(np.ascontiguousarray(img), bgr2rgb=True, float32=True)
-            sigma = self._draw_sigma()
-            noise = torch.randn(gt.shape, generator=torch.Generator().manual_seed(random.getrandbits(63)))
-            lq = gt + noise * (sigma / 255.)
+            if sample_number:
+                with python_random_seeded((self.base_seed << 64) + sample_number):
+                    gt, lq, sigma = self._training_pair(img, path)
+            else:
+                gt, lq, sigma = self._training_pair(img, path)
         else:
             if self.sigma_type != 'fixed':
                 raise ValueError(f"datasets: {self.opt.get('name')}: validation and test need sigma_type fixed.")
@@ -152,6 +164,19 @@ class GaussianNoiseDataset(data.Dataset):
             noisy = add_protocol_noise(rgb, sigma, self.noise_seed)
             lq = torch.from_numpy(noisy.astype(np.float32)).permute(2, 0, 1).contiguous()
         return {'lq': lq, 'gt': gt, 'lq_path': path, 'gt_path': path, 'sigma': sigma}
+
+    def _training_pair(self, img, path):
+        """Random crop, augmentation and noise, all drawn from Python's ``random``."""
+        h, w = img.shape[:2]
+        if h < self.gt_size or w < self.gt_size:
+            raise ValueError(f'{path}: {h}x{w} is smaller than gt_size {self.gt_size}.')
+        top, left = random.randint(0, h - self.gt_size), random.randint(0, w - self.gt_size)
+        img = img[top:top + self.gt_size, left:left + self.gt_size]
+        img = augment(img, self.opt.get('use_hflip', False), self.opt.get('use_rot', False))
+        gt = img2tensor(np.ascontiguousarray(img), bgr2rgb=True, float32=True)
+        sigma = self._draw_sigma()
+        noise = torch.randn(gt.shape, generator=torch.Generator().manual_seed(random.getrandbits(63)))
+        return gt, gt + noise * (sigma / 255.), sigma
 
     def __len__(self):
         return len(self.paths)

@@ -1,10 +1,8 @@
 import csv
 import os
-import random
 from collections import OrderedDict
 from os import path as osp
 
-import numpy as np
 import torch
 from basicsr.losses import build_loss
 from basicsr.metrics import calculate_metric
@@ -31,9 +29,8 @@ class USAIDModel(SRModel):
     Validation and testing compute BasicSR's metrics image by image; a test run (``usaid-test``) also writes them to
     ``results/<name>/<dataset name>.csv`` (image, sigma, one column per metric), to compare models image by image.
 
-    Training states also carry the random generators (Python, NumPy, torch), so that a resumed run draws the same
-    crops and noise as an uninterrupted one; validation runs on a forked torch generator, so it never shifts the
-    training stream.
+    Checkpoints and training states are written atomically. Exact resume comes from the data side
+    (:class:`~usaid.data.resumable_sampler.ResumableSampler`): no random generator needs saving.
     """
 
     def init_training_settings(self):
@@ -65,11 +62,6 @@ class USAIDModel(SRModel):
     def get_current_log(self):
         """The last step's losses, averaged over processes (a collective: every rank calls it at print time)."""
         return self.reduce_loss_dict(self.loss_terms)
-
-    def validation(self, dataloader, current_iter, tb_logger, save_img=False):
-        devices = [torch.cuda.current_device()] if self.device.type == 'cuda' else []
-        with torch.random.fork_rng(devices=devices):
-            super().validation(dataloader, current_iter, tb_logger, save_img)
 
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
         """SRModel's validation, keeping each image's metrics (for the CSV) instead of only their running sum."""
@@ -133,36 +125,16 @@ class USAIDModel(SRModel):
 
     @master_only
     def save_training_state(self, epoch, current_iter):
-        """BasicSR's training state plus the random generators, written to a temporary file and renamed, so a kill
-        during the write never leaves a truncated ``<iter>.state`` for ``--auto_resume`` to pick."""
+        """BasicSR's training state, written to a temporary file and renamed, so a kill during the write never leaves
+        a truncated ``<iter>.state`` for ``--auto_resume`` to pick."""
         if current_iter == -1:
             return
-        numpy_state = np.random.get_state()
         state = {
             'epoch': epoch,
             'iter': current_iter,
             'optimizers': [o.state_dict() for o in self.optimizers],
             'schedulers': [s.state_dict() for s in self.schedulers],
-            'rng': {
-                'python': random.getstate(),
-                'numpy': (torch.from_numpy(numpy_state[1].astype(np.int64)), *numpy_state[2:]),
-                'torch': torch.get_rng_state(),
-                'cuda': torch.cuda.get_rng_state() if self.device.type == 'cuda' else None,
-            },
         }
         path = osp.join(self.opt['path']['training_states'], f'{current_iter}.state')
         torch.save(state, path + '.tmp')
         os.replace(path + '.tmp', path)
-
-    def resume_training(self, resume_state):
-        super().resume_training(resume_state)
-        rng = resume_state.get('rng')
-        # one process's generators: restoring them on every rank would give all ranks the same stream
-        if rng is None or self.opt.get('world_size', 1) != 1:
-            return
-        random.setstate(rng['python'])
-        keys, *rest = rng['numpy']
-        np.random.set_state(('MT19937', keys.numpy().astype(np.uint32), *rest))
-        torch.set_rng_state(rng['torch'].cpu())
-        if rng['cuda'] is not None and self.device.type == 'cuda':
-            torch.cuda.set_rng_state(rng['cuda'].cpu())
