@@ -98,3 +98,11 @@ def test_errors_name_what_is_wrong(image_folder, tmp_path):
     (tmp_path / 'broken' / 'bad.png').write_bytes(b'not a png')
     with pytest.raises(ValueError, match='bad.png: cannot be decoded'):
         dataset(tmp_path / 'broken')[0]
+
+
+def test_iterating_a_dataset_visits_each_image_once(image_folder):
+    assert len(list(dataset(image_folder / 'val'))) == 2
+    train = dataset(image_folder / 'train', phase='train', gt_size=16)
+    assert len(list(train)) == 4
+    with pytest.raises(IndexError):
+        dataset(image_folder / 'val')[2]

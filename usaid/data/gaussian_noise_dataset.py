@@ -145,7 +145,7 @@ class GaussianNoiseDataset(data.Dataset):
     def __getitem__(self, index):
         if self.file_client is None:  # opened in the worker process, as BasicSR's datasets do
             self.file_client = FileClient(self.io_backend_opt.pop('type'), **self.io_backend_opt)
-        sample_number, index = divmod(index, len(self.paths))
+        sample_number, index = divmod(index, len(self.paths)) if self.sample_numbers else (0, index)
         path = self.paths[index]
         img = decode_image(self.file_client.get(path, 'gt'), path, self.in_ch)
 
@@ -180,3 +180,7 @@ class GaussianNoiseDataset(data.Dataset):
 
     def __len__(self):
         return len(self.paths)
+
+    def __iter__(self):
+        # explicit, because indices past len() are sample numbers in training (see ResumableSampler)
+        return (self[index] for index in range(len(self)))
