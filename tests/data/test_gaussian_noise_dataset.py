@@ -106,3 +106,8 @@ def test_iterating_a_dataset_visits_each_image_once(image_folder):
     assert len(list(train)) == 4
     with pytest.raises(IndexError):
         dataset(image_folder / 'val')[2]
+
+
+def test_validation_needs_one_fixed_sigma(image_folder):
+    with pytest.raises(ValueError, match='validation and test need sigma_type fixed'):
+        dataset(image_folder / 'val', sigma_type='uniform', sigma=[0, 55])

@@ -101,6 +101,9 @@ class GaussianNoiseDataset(data.Dataset):
         self.base_seed = random.getrandbits(63)
         if self.phase == 'train' and not self.gt_size:
             raise ValueError(f"datasets: {opt.get('name')}: gt_size is required for training.")
+        if self.phase != 'train' and self.sigma_type != 'fixed':
+            raise ValueError(f"datasets: {opt.get('name')}: sigma_type {self.sigma_type!r}: validation and test "
+                             "need sigma_type fixed (one sigma per dataset, as in published tables).")
 
         self.file_client = None
         self.io_backend_opt = dict(opt.get('io_backend') or {'type': 'disk'})
@@ -156,8 +159,6 @@ class GaussianNoiseDataset(data.Dataset):
             else:
                 gt, lq, sigma = self._training_pair(img, path)
         else:
-            if self.sigma_type != 'fixed':
-                raise ValueError(f"datasets: {self.opt.get('name')}: validation and test need sigma_type fixed.")
             sigma = self.sigma
             gt = img2tensor(img, bgr2rgb=True, float32=True)
             rgb = gt.permute(1, 2, 0).numpy()
