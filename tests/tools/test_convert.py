@@ -1,3 +1,5 @@
+import subprocess
+
 import pytest
 import torch
 
@@ -56,6 +58,6 @@ def test_missing_keys_are_listed(tmp_path):
 
 def test_command_line_error_is_one_clear_line(tmp_path):
     torch.save({'module.dncnn.0.weight': torch.zeros(1)}, tmp_path / 'bad.pth')
-    result = __import__('subprocess').run([console_script('usaid-convert'), str(tmp_path / 'bad.pth'),
-                                           str(tmp_path / 'out.pth')], capture_output=True, text=True)
+    result = subprocess.run([console_script('usaid-convert'), str(tmp_path / 'bad.pth'), str(tmp_path / 'out.pth')],
+                            capture_output=True, text=True)
     assert result.returncode == 1 and result.stderr.startswith('usaid-convert: ') and 'Traceback' not in result.stderr

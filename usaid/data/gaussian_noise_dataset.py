@@ -98,7 +98,7 @@ class GaussianNoiseDataset(data.Dataset):
         self.noise_seed = int(opt.get('noise_seed', 0))
         self.gt_size = opt.get('gt_size')
         self.sample_numbers = self.phase == 'train'  # asks ResumableSampler for sample numbers
-        self.base_seed = random.getrandbits(63)
+        self.base_seed = random.getrandbits(63) if self.sample_numbers else None
         if self.phase == 'train' and not self.gt_size:
             raise ValueError(f"datasets: {opt.get('name')}: gt_size is required for training.")
         if self.phase != 'train' and self.sigma_type != 'fixed':
