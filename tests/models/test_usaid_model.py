@@ -90,3 +90,68 @@ def test_a_resumed_run_rebuilds_exactly_the_frozen_network_that_trained(image_fo
     before, after = trained.cri_usa.net.state_dict(), rebuilt.cri_usa.net.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def one_step(opt, tmp_path, data):
+    torch.manual_seed(0)
+    model = build(opt, tmp_path)
+    model.feed_data(data)
+    model.optimize_parameters(1)
+    return model
+
+
+def test_channels_last_step_matches_the_nchw_step(image_folder, tmp_path):
+    data = batch(image_folder)
+    models = {}
+    for channels_last in (True, False):
+        # MSE only: the USA term's arg-max labels flip under any rounding change where the random head's logits tie
+        opt = tiny_options(image_folder, usa=False)
+        opt['train']['channels_last'] = channels_last
+        models[channels_last] = one_step(opt, tmp_path, data)
+    fast, plain = models[True], models[False]
+    assert fast.net_g.dncnn[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert fast.lq.is_contiguous(memory_format=torch.channels_last)
+    assert plain.net_g.dncnn[0].weight.is_contiguous()
+    assert torch.allclose(fast.loss_terms['l_total'], plain.loss_terms['l_total'], rtol=1e-5)
+    for a, b in zip(fast.net_g.parameters(), plain.net_g.parameters()):  # gradients equal up to float rounding
+        assert (a.grad - b.grad).abs().max() <= 1e-4 * b.grad.abs().max()
+
+
+def test_compiled_step_matches_the_eager_step(image_folder, tmp_path):
+    data = batch(image_folder)
+    losses = {}
+    for compile_ in (False, True):
+        opt = tiny_options(image_folder, usa=False)
+        opt['train']['compile'] = compile_
+        losses[compile_] = one_step(opt, tmp_path, data).loss_terms['l_total']
+    assert torch.allclose(losses[True], losses[False], rtol=1e-5)
+
+
+def test_bf16_options_train_close_to_fp32_and_bad_precision_is_named(image_folder, tmp_path):
+    data = batch(image_folder)
+    opt = tiny_options(image_folder)
+    fp32 = one_step(opt, tmp_path, data)
+    opt['train']['precision'] = opt['train']['usa_opt']['precision'] = 'bf16'
+    bf16 = one_step(opt, tmp_path, data)
+    assert bf16.output.dtype == torch.float32
+    for name in ('l_pix', 'l_usa'):
+        assert torch.isfinite(bf16.loss_terms[name])
+        assert torch.allclose(bf16.loss_terms[name], fp32.loss_terms[name], rtol=0.05)
+    opt['train']['precision'] = 'fp16'
+    with pytest.raises(ValueError, match="train: precision 'fp16': expected one of fp32, bf16"):
+        build(opt, tmp_path)
+    opt['train']['precision'], opt['train']['usa_opt']['precision'] = 'fp32', 'half'
+    with pytest.raises(ValueError, match="USALoss: precision 'half'"):
+        build(opt, tmp_path)
+
+
+def test_validation_output_equals_the_plain_ema_network(image_folder, tmp_path):
+    model = build(tiny_options(image_folder), tmp_path)
+    for step in range(1, 3):
+        model.feed_data(batch(image_folder))
+        model.optimize_parameters(step)
+    model.test()
+    with torch.no_grad():
+        expected = model.net_g_ema.eval()(model.lq)
+    assert torch.allclose(model.output, expected, atol=2e-5)
+    assert model.net_g.training  # the training network was not switched to eval

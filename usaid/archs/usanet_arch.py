@@ -133,8 +133,12 @@ class USANet(nn.Module):
 
     def forward(self, x):
         """Segmentation logits (N, num_classes, ceil(H/4), ceil(W/4)) of RGB images ``x`` in [0, 1]."""
+        return self.forward_normalized((x - self.mean) / self.std)
+
+    def forward_normalized(self, x):
+        """Segmentation logits of images already normalised by ``input_norm`` (as the authors' script feeds it)."""
         features = []
-        out = self.stem((x - self.mean) / self.std)
+        out = self.stem(x)
         for stage in self.stages:
             out = stage(out)
             features.append(out)

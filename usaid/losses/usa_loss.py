@@ -3,6 +3,8 @@ from basicsr.archs import build_network
 from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
+from usaid.inference import PRECISIONS, precision_autocast
+
 
 def focal_uncertainty(logits, gamma=2.0, eps=1e-7):
     """Per-pixel U-SAID uncertainty ``-(1 - p*)^gamma * log(p*)`` of segmentation logits (N, K, h, w), where
@@ -31,9 +33,12 @@ class USALoss(nn.Module):
         gamma (float): Focusing exponent. Default: 2.
         detach_input (bool): Stop the gradient at the network's input. Default: False.
         eps (float): Clamp of the arg-max probability. Default: 1e-7.
+        precision (str): 'fp32', or 'bf16' to run the segmentation network under bfloat16 autocast (faster where
+            the hardware has bf16 instructions; the loss itself is computed in float32). Opt-in: it changes the
+            gradient the denoiser receives (docs/benchmarks.md). Default: 'fp32'.
     """
 
-    def __init__(self, network=None, loss_weight=1.0, gamma=2.0, detach_input=False, eps=1e-7):
+    def __init__(self, network=None, loss_weight=1.0, gamma=2.0, detach_input=False, eps=1e-7, precision='fp32'):
         super().__init__()
         self.net = build_network(network or {'type': 'USANet'})
         self.net.requires_grad_(False)
@@ -41,10 +46,16 @@ class USALoss(nn.Module):
         self.gamma = gamma
         self.detach_input = detach_input
         self.eps = eps
+        if precision not in PRECISIONS:
+            raise ValueError(f'USALoss: precision {precision!r}: expected one of {", ".join(PRECISIONS)}.')
+        self.precision = precision
 
     def segment(self, image):
         """Segmentation logits of ``image`` (clamped to [0, 1]) by the frozen network."""
-        return self.net(image.clamp(0, 1))
+        with precision_autocast(image.device, self.precision):
+            # NCHW: for a ResNet on 48x48 patches measured faster than channels_last, forward and backward
+            logits = self.net(image.clamp(0, 1).contiguous())
+        return logits.float()
 
     def forward(self, pred):
         if self.detach_input:
