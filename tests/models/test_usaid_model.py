@@ -155,3 +155,19 @@ def test_validation_output_equals_the_plain_ema_network(image_folder, tmp_path):
         expected = model.net_g_ema.eval()(model.lq)
     assert torch.allclose(model.output, expected, atol=2e-5)
     assert model.net_g.training  # the training network was not switched to eval
+
+
+def test_detached_usa_loss_is_computed_only_where_it_is_printed(image_folder, tmp_path):
+    data = batch(image_folder)
+    opt = tiny_options(image_folder)
+    opt['train']['usa_opt']['detach_input'] = True
+    opt['logger']['print_freq'] = 10
+    unlogged = one_step(opt, tmp_path, data)  # iteration 1
+    assert set(unlogged.loss_terms) == {'l_pix', 'l_total'}
+    torch.manual_seed(0)
+    logged = build(opt, tmp_path)
+    logged.feed_data(data)
+    logged.optimize_parameters(10)
+    assert set(logged.loss_terms) == {'l_pix', 'l_usa', 'l_total'} and logged.loss_terms['l_usa'] > 0
+    for a, b in zip(unlogged.net_g.parameters(), logged.net_g.parameters()):  # the same update either way
+        assert torch.equal(a, b)
