@@ -344,8 +344,9 @@ def describe_machine(args):
     if args.device.type == 'cuda':
         name = torch.cuda.get_device_name(args.device)
     else:
-        name = next((line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name')),
-                    platform.processor())
+        with open('/proc/cpuinfo') as cpuinfo:
+            name = next((line.split(':', 1)[1].strip() for line in cpuinfo if line.startswith('model name')),
+                        platform.processor())
     print(f'# U-SAID benchmark: {name}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, '
           f'torch {torch.__version__}, Python {platform.python_version()}, freed memory '
           f'{"kept (usaid/allocator.py)" if args.keep_freed_memory else "returned (glibc defaults)"}\n')

@@ -22,6 +22,13 @@ CONV_ALGOS = ('auto', 'winograd', 'direct')
 PRECISIONS = ('fp32', 'bf16')
 
 
+def check_precision(precision, key='precision'):
+    """``precision`` if it is one of :data:`PRECISIONS`, else a ValueError naming the option ``key``."""
+    if precision not in PRECISIONS:
+        raise ValueError(f'{key} {precision!r}: expected one of {", ".join(PRECISIONS)}.')
+    return precision
+
+
 def winograd_available():
     """Whether this torch has NNPACK and can run it on this CPU (the call also initialises NNPACK)."""
     return hasattr(torch, '_nnpack_spatial_convolution') and torch._nnpack_available()
@@ -47,8 +54,8 @@ class WinogradConv2d(nn.Module):
         """Whether NNPACK computes ``conv`` and is worth it: layers with fewer than 16 input or output channels (a
         denoiser's first and last) measured faster with oneDNN's direct convolution."""
         kernel = conv.kernel_size
-        return (type(conv) is nn.Conv2d and min(conv.in_channels, conv.out_channels) >= 16 and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
-                and conv.padding_mode == 'zeros' and isinstance(conv.padding, tuple)
+        return (type(conv) is nn.Conv2d and min(conv.in_channels, conv.out_channels) >= 16
+                and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == 'zeros' and isinstance(conv.padding, tuple)
                 and all(p < k for p, k in zip(conv.padding, kernel)) and max(kernel) <= 16
                 and conv.weight.device.type == 'cpu' and conv.weight.dtype == torch.float32)
 
@@ -57,22 +64,18 @@ class WinogradConv2d(nn.Module):
 
 
 def _replace_convolutions(module):
-    replaced = 0
     for name, child in module.named_children():
         if isinstance(child, nn.Conv2d) and WinogradConv2d.supports(child):
             setattr(module, name, WinogradConv2d(child))
-            replaced += 1
         else:
-            replaced += _replace_convolutions(child)
-    return replaced
+            _replace_convolutions(child)
 
 
 def resolve_conv_algo(conv_algo, device, precision):
     """The convolution algorithm ``auto`` stands for: Winograd for float32 on a CPU with NNPACK, else direct."""
     if conv_algo not in CONV_ALGOS:
         raise ValueError(f'conv_algo {conv_algo!r}: expected one of {", ".join(CONV_ALGOS)}.')
-    if precision not in PRECISIONS:
-        raise ValueError(f'precision {precision!r}: expected one of {", ".join(PRECISIONS)}.')
+    check_precision(precision)
     winograd_possible = torch.device(device).type == 'cpu' and precision == 'fp32' and winograd_available()
     if conv_algo == 'winograd' and not winograd_possible:
         raise ValueError('conv_algo winograd needs float32 on a CPU with NNPACK '
@@ -126,8 +129,6 @@ class InferenceNetwork(nn.Module):
 
 def precision_autocast(device, precision='fp32'):
     """The autocast context of ``precision`` on ``device``: none for 'fp32', bfloat16 autocast for 'bf16'."""
-    if precision not in PRECISIONS:
-        raise ValueError(f'precision {precision!r}: expected one of {", ".join(PRECISIONS)}.')
-    if precision == 'fp32':
+    if check_precision(precision) == 'fp32':
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)

@@ -3,7 +3,7 @@ from basicsr.archs import build_network
 from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
-from usaid.inference import PRECISIONS, precision_autocast
+from usaid.inference import check_precision, precision_autocast
 
 
 def focal_uncertainty(logits, gamma=2.0, eps=1e-7):
@@ -46,9 +46,7 @@ class USALoss(nn.Module):
         self.gamma = gamma
         self.detach_input = detach_input
         self.eps = eps
-        if precision not in PRECISIONS:
-            raise ValueError(f'USALoss: precision {precision!r}: expected one of {", ".join(PRECISIONS)}.')
-        self.precision = precision
+        self.precision = check_precision(precision, 'USALoss: precision')
 
     def segment(self, image):
         """Segmentation logits of ``image`` (clamped to [0, 1]) by the frozen network."""

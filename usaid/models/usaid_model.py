@@ -13,7 +13,7 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from tqdm import tqdm
 
 from usaid.allocator import keep_freed_memory
-from usaid.inference import PRECISIONS, InferenceNetwork, precision_autocast
+from usaid.inference import InferenceNetwork, check_precision, precision_autocast
 
 
 @MODEL_REGISTRY.register()
@@ -81,9 +81,7 @@ class USAIDModel(SRModel):
             raise ValueError('USAIDModel: train: perceptual_opt is not supported; use pixel_opt and usa_opt.')
         self.cri_usa = build_loss(train_opt['usa_opt']).to(self.device) if train_opt.get('usa_opt') else None
         self.loss_terms = OrderedDict()
-        self.precision = train_opt.get('precision', 'fp32')
-        if self.precision not in PRECISIONS:
-            raise ValueError(f'USAIDModel: train: precision {self.precision!r}: expected one of {", ".join(PRECISIONS)}.')
+        self.precision = check_precision(train_opt.get('precision', 'fp32'), 'USAIDModel: train: precision')
         super().init_training_settings()
         if train_opt.get('compile', False):
             self.net_g.compile()
@@ -133,21 +131,23 @@ class USAIDModel(SRModel):
             self._initialize_best_metric_results(dataset_name)
         rows = []
         self._inference_net = self._build_inference_net()
-        for val_data in tqdm(dataloader, unit='image', disable=not self.opt['val'].get('pbar', False)):
-            img_name = osp.splitext(osp.basename(val_data['lq_path'][0]))[0]
-            self.feed_data(val_data)
-            self.test()
-            output = tensor2img(self.output)
-            row = {'image': img_name, 'sigma': float(val_data['sigma'][0]) if 'sigma' in val_data else ''}
-            if metrics_opt:
-                images = {'img': output, 'img2': tensor2img(self.gt)}
-                row.update((name, float(calculate_metric(images, opt_))) for name, opt_ in metrics_opt.items())
-            rows.append(row)
-            if save_img:
-                imwrite(output, self._visualization_path(dataset_name, img_name, current_iter))
-            del self.lq, self.output
-            self.__dict__.pop('gt', None)
-        self._inference_net = None
+        try:
+            for val_data in tqdm(dataloader, unit='image', disable=not self.opt['val'].get('pbar', False)):
+                img_name = osp.splitext(osp.basename(val_data['lq_path'][0]))[0]
+                self.feed_data(val_data)
+                self.test()
+                output = tensor2img(self.output)
+                row = {'image': img_name, 'sigma': float(val_data['sigma'][0]) if 'sigma' in val_data else ''}
+                if metrics_opt:
+                    images = {'img': output, 'img2': tensor2img(self.gt)}
+                    row.update((name, float(calculate_metric(images, opt_))) for name, opt_ in metrics_opt.items())
+                rows.append(row)
+                if save_img:
+                    imwrite(output, self._visualization_path(dataset_name, img_name, current_iter))
+                del self.lq, self.output
+                self.__dict__.pop('gt', None)
+        finally:
+            self._inference_net = None
 
         if metrics_opt:
             self.metric_results = {name: sum(r[name] for r in rows) / len(rows) for name in metrics_opt}

@@ -152,7 +152,7 @@ def main(argv=None):
     speed = parser.add_argument_group('speed (defaults: the fastest settings that keep the float32 results)')
     speed.add_argument('--precision', choices=PRECISIONS, default='fp32',
                        help='bf16: bfloat16 autocast, faster on CPUs with bf16 instructions and on GPUs, '
-                       'about 0.07 dB lower PSNR (docs/benchmarks.md)')
+                       'about 0.1 dB lower PSNR (docs/benchmarks.md)')
     speed.add_argument('--conv-algo', choices=CONV_ALGOS, default='auto',
                        help='winograd: NNPACK (float32 CPU); direct: oneDNN / cuDNN; auto: winograd where it applies')
     speed.add_argument('--no-fold-bn', dest='fold_bn', action='store_false',
