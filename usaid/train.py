@@ -6,12 +6,19 @@ TensorBoard logs and checkpoints go under the current directory. Also ``python -
 """
 import os
 
+import torch.distributed as dist
+
 import usaid  # noqa: F401  (applies the compatibility fixes and registers U-SAID)
 from basicsr.train import train_pipeline
 
 
 def main():
     train_pipeline(os.getcwd())
+    # BasicSR never destroys its process group; gloo's worker threads then abort the interpreter's exit now and then
+    # ("terminate called without an active exception", pytorch/pytorch#190489). Only after success: a rank that
+    # failed must not wait in a collective teardown.
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == '__main__':
