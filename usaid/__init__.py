@@ -1,4 +1,5 @@
-"""U-SAID for BasicSR: importing this package registers its components in BasicSR's registries.
+"""U-SAID for BasicSR: importing this package registers its components in BasicSR's registries and makes BasicSR's
+pipelines check option files first (:mod:`usaid.options`).
 
 ``compat`` is applied first, because BasicSR 1.4.2 cannot be imported on a current torchvision without it.
 """
@@ -6,6 +7,8 @@ from usaid import compat
 
 compat.apply()
 
-from usaid import archs, data, losses, models  # noqa: E402,F401  (registration by import)
+from usaid import archs, data, losses, models, options  # noqa: E402,F401  (registration by import)
+
+options.install()
 
 __version__ = '0.1.0'

@@ -5,15 +5,21 @@ TensorBoard logs and checkpoints go under the current directory. Also ``python -
 ``torchrun --nproc_per_node=N -m usaid.train -opt OPTIONS.yml --launcher pytorch``.
 """
 import os
+import sys
 
 import torch.distributed as dist
 
 import usaid  # noqa: F401  (applies the compatibility fixes and registers U-SAID)
 from basicsr.train import train_pipeline
 
+from usaid.errors import USAIDError
+
 
 def main():
-    train_pipeline(os.getcwd())
+    try:
+        train_pipeline(os.getcwd())
+    except USAIDError as error:  # a message for the user, not a bug: no traceback
+        sys.exit(f'usaid-train: {error}')
     # BasicSR never destroys its process group; gloo's worker threads then abort the interpreter's exit now and then
     # ("terminate called without an active exception", pytorch/pytorch#190489). Only after success: a rank that
     # failed must not wait in a collective teardown.

@@ -1,18 +1,22 @@
 import csv
-import os
+import glob
+import re
 from collections import OrderedDict
 from os import path as osp
 
 import torch
+import torch.distributed as dist
 from basicsr.losses import build_loss
 from basicsr.metrics import calculate_metric
 from basicsr.models.sr_model import SRModel
-from basicsr.utils import imwrite, tensor2img
+from basicsr.utils import get_root_logger, imwrite, tensor2img
 from basicsr.utils.dist_util import master_only
 from basicsr.utils.registry import MODEL_REGISTRY
 from tqdm import tqdm
 
 from usaid.allocator import keep_freed_memory
+from usaid.checkpoint import check_finite, check_fits, load_checkpoint, network_state, save_atomically
+from usaid.errors import NonFiniteLossError
 from usaid.inference import InferenceNetwork, check_precision, precision_autocast
 
 
@@ -35,6 +39,11 @@ class USAIDModel(SRModel):
         precision (str): 'fp32', or 'bf16' to run the network under bfloat16 autocast (losses stay float32;
             opt-in, for GPUs and CPUs with bf16 instructions). The USA network has its own ``usa_opt: precision``.
             Default: 'fp32'.
+        non_finite_loss (dict): What a NaN or infinite loss (or gradient) does: ``action: stop`` raises
+            :class:`~usaid.errors.NonFiniteLossError` naming the iteration and the loss term, before the step is
+            applied (no checkpoint is written after it); ``action: skip`` drops that step (weights, optimizer, EMA
+            and BatchNorm statistics unchanged) and logs it, at most ``max_skips`` times in a run, then stops.
+            Default: ``{action: stop, max_skips: 10}``.
 
     Options under ``val``:
         inference (dict, optional): Keyword arguments of :class:`~usaid.inference.InferenceNetwork`, which
@@ -49,7 +58,9 @@ class USAIDModel(SRModel):
     Validation and testing compute BasicSR's metrics image by image; a test run (``usaid-test``) also writes them to
     ``results/<name>/<dataset name>.csv`` (image, sigma, one column per metric), to compare models image by image.
 
-    Checkpoints and training states are written atomically. Exact resume comes from the data side
+    Checkpoints and training states are written atomically (:func:`~usaid.checkpoint.save_atomically`): a failed
+    write leaves the previous file and stops the run with a message; weights with NaN are never saved. A checkpoint
+    that does not fit ``network_g`` is refused with its mismatching keys and shapes. Exact resume comes from the data side
     (:class:`~usaid.data.resumable_sampler.ResumableSampler`): no random generator needs saving.
     """
 
@@ -82,12 +93,18 @@ class USAIDModel(SRModel):
         self.cri_usa = build_loss(train_opt['usa_opt']).to(self.device) if train_opt.get('usa_opt') else None
         self.loss_terms = OrderedDict()
         self.precision = check_precision(train_opt.get('precision', 'fp32'), 'USAIDModel: train: precision')
+        non_finite = train_opt.get('non_finite_loss') or {}
+        self.non_finite_action = non_finite.get('action', 'stop')
+        self.max_non_finite_skips = non_finite.get('max_skips', 10)
+        self.non_finite_skips = 0
         super().init_training_settings()
         if train_opt.get('compile', False):
             self.net_g.compile()
 
     def optimize_parameters(self, current_iter):
         self.optimizer_g.zero_grad(set_to_none=True)
+        # a skipped step must not keep the BatchNorm statistics its forward pass updated (a few KB)
+        buffers = [b.clone() for b in self.net_g.buffers()] if self.non_finite_action == 'skip' else None
         with precision_autocast(self.device, self.precision):
             self.output = self.net_g(self.lq).float()
 
@@ -97,12 +114,49 @@ class USAIDModel(SRModel):
             losses['l_usa'] = self.cri_usa(self.output)
         l_total = sum(losses.values())
         l_total.backward()
-        self.optimizer_g.step()
-
         losses['l_total'] = l_total
         self.loss_terms = OrderedDict((name, value.detach()) for name, value in losses.items())
+        if not self._step_is_finite(current_iter):
+            self.optimizer_g.zero_grad(set_to_none=True)
+            torch._foreach_copy_(list(self.net_g.buffers()), buffers)
+            return
+        self.optimizer_g.step()
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
+
+    def _step_is_finite(self, current_iter):
+        """Whether this step's losses and gradient are finite, agreed by every process (one host sync per step).
+        If not: stop with :class:`~usaid.errors.NonFiniteLossError`, or, with ``non_finite_loss: action: skip``,
+        log it and return False, up to ``max_skips`` times."""
+        grads = [p.grad for p in self.net_g.parameters() if p.grad is not None]
+        checks = [torch.isfinite(v) for v in self.loss_terms.values()]
+        if grads:
+            checks.append(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        finite = torch.stack(checks).all().to(torch.int32)
+        if self.opt['dist']:  # DDP's gradients are the same everywhere, the losses are per process
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        if finite.item():
+            return True
+        values = ', '.join(f'{name} = {value.item():.4g}' for name, value in self.loss_terms.items())
+        bad = [name for name, value in self.loss_terms.items() if not torch.isfinite(value)]
+        cause = (f"{' and '.join(bad)} {'is' if len(bad) == 1 else 'are'} not finite" if bad else
+                 'the gradient is not finite' + ('' if grads and not all(torch.isfinite(g).all() for g in grads)
+                                                 else ' in another process'))
+        self.non_finite_skips += 1
+        message = f'iteration {current_iter}: {cause} ({values}); the step was not applied'
+        if self.non_finite_action == 'skip' and self.non_finite_skips <= self.max_non_finite_skips:
+            get_root_logger().warning(f'{message}: skipped ({self.non_finite_skips} of at most '
+                                      f'{self.max_non_finite_skips}, train:non_finite_loss:max_skips).')
+            return False
+        if self.non_finite_action == 'skip':
+            message += f', the {self.max_non_finite_skips + 1}th such step (train:non_finite_loss:max_skips)'
+        checkpoints = sorted(glob.glob(osp.join(self.opt['path'].get('models', ''), 'net_g_*.pth')),
+                             key=lambda p: int(re.sub(r'\D', '', osp.basename(p)) or -1))
+        message += (f'. Last checkpoint: {checkpoints[-1]} (untouched). ' if checkpoints else '. No checkpoint was '
+                    'written yet. ') + ('Lower train:optim_g:lr or check the data; set train:non_finite_loss: '
+                                        '{action: skip, max_skips: N} to skip rare bad steps.')
+        get_root_logger().error(message)
+        raise NonFiniteLossError(message)
 
     def test(self):
         """The network's output for ``self.lq`` through an :class:`~usaid.inference.InferenceNetwork` (the EMA
@@ -171,26 +225,31 @@ class USAIDModel(SRModel):
             writer.writeheader()
             writer.writerows(rows)
 
+    def load_network(self, net, load_path, strict=True, param_key='params'):
+        """BasicSR's ``load_network``, after checking the file: a checkpoint of weights (``weights_only``), with
+        ``param_key``, whose keys and shapes fit ``net``; else a :class:`~usaid.errors.CheckpointError` naming them."""
+        state = network_state(load_checkpoint(load_path), load_path, param_key)
+        check_fits(self.get_bare_model(net), state, load_path, strict)
+        super().load_network(net, load_path, strict, param_key)
+
     @master_only
     def save_network(self, net, net_label, current_iter, param_key='params'):
-        """BasicSR's ``save_network``, staged in ``models/.staging`` and renamed into place, so a kill during the
-        write never leaves a truncated ``net_g_<iter>.pth`` or ``net_g_latest.pth``."""
-        models = self.opt['path']['models']
-        staging = osp.join(models, '.staging')
-        os.makedirs(staging, exist_ok=True)
-        self.opt['path']['models'] = staging
-        try:
-            super().save_network(net, net_label, current_iter, param_key)
-        finally:
-            self.opt['path']['models'] = models
-        name = f"{net_label}_{'latest' if current_iter == -1 else current_iter}.pth"
-        if osp.exists(osp.join(staging, name)):  # BasicSR logs and skips a save that failed three times
-            os.replace(osp.join(staging, name), osp.join(models, name))
+        """BasicSR's checkpoint format (``{param_key: state dict}``, CPU tensors, no ``module.``), written atomically.
+        BasicSR's own version swallows a failed write after three tries and may leave a partial file under the real
+        name; here the previous file stays and the run stops with :class:`~usaid.errors.CheckpointError`."""
+        nets, keys = (net, param_key) if isinstance(net, list) else ([net], [param_key])
+        path = osp.join(self.opt['path']['models'], f"{net_label}_{'latest' if current_iter == -1 else current_iter}.pth")
+        checkpoint = {}
+        for net_, key in zip(nets, keys):
+            state = self.get_bare_model(net_).state_dict()
+            check_finite(state, path)
+            checkpoint[key] = {k: v.cpu() for k, v in state.items()}
+        save_atomically(checkpoint, path)
 
     @master_only
     def save_training_state(self, epoch, current_iter):
-        """BasicSR's training state, written to a temporary file and renamed, so a kill during the write never leaves
-        a truncated ``<iter>.state`` for ``--auto_resume`` to pick."""
+        """BasicSR's training state, written atomically, so a kill or a full disk during the write never leaves a
+        truncated ``<iter>.state`` for ``--auto_resume`` to pick."""
         if current_iter == -1:
             return
         state = {
@@ -199,6 +258,4 @@ class USAIDModel(SRModel):
             'optimizers': [o.state_dict() for o in self.optimizers],
             'schedulers': [s.state_dict() for s in self.schedulers],
         }
-        path = osp.join(self.opt['path']['training_states'], f'{current_iter}.state')
-        torch.save(state, path + '.tmp')
-        os.replace(path + '.tmp', path)
+        save_atomically(state, osp.join(self.opt['path']['training_states'], f'{current_iter}.state'))

@@ -1,0 +1,97 @@
+"""Checkpoint files: written atomically, loaded without unpickling code, checked against the network they load into.
+
+BasicSR 1.4.2's ``save_network`` retries a failed ``torch.save`` three times and then only logs a warning, leaving
+a partly written file under the checkpoint's own name; its ``load_network`` fails on a mismatching file with
+``load_state_dict``'s error after a ``KeyError`` for a missing ``params``. These helpers give instead: the previous
+file intact and an error naming the file and the cause; and the keys and shapes that do not fit.
+"""
+import contextlib
+import os
+import pickle
+from os import path as osp
+
+import torch
+
+from usaid.errors import CheckpointError
+
+_LISTED = 5  # keys quoted in a message
+
+
+def save_atomically(obj, path):
+    """``torch.save(obj)`` to ``path`` through a hidden temporary file in the same folder, flushed to disk and renamed
+    over ``path``: a reader sees the old file or the new one, never a partial one. If the write fails (disk full,
+    quota, I/O error) the temporary file is removed, ``path`` is left as it was, and :class:`CheckpointError` says
+    why."""
+    folder, name = osp.split(path)
+    partial = osp.join(folder, f'.{name}.partial')
+    try:
+        with open(partial, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, path)
+    except (OSError, RuntimeError) as error:  # torch reports a failed write of its zip writer as RuntimeError
+        with contextlib.suppress(OSError):
+            os.remove(partial)
+        kept = 'the previous file is kept' if osp.exists(path) else 'nothing was written'
+        raise CheckpointError(f'{path}: could not be written ({getattr(error, "strerror", None) or error}); {kept}. '
+                              'Free disk space (or fix the folder) and resume with --auto_resume.') from error
+
+
+def load_checkpoint(path):
+    """A checkpoint loaded with ``weights_only=True`` (tensors and containers only: no code from the file runs)."""
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f'{path}: does not exist.') from None
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f'{path}: cannot be loaded as a PyTorch checkpoint of weights ({first_line}).') from None
+
+
+def network_state(checkpoint, path, param_key='params'):
+    """The state dict stored under ``param_key`` (BasicSR's rule: ``params`` when ``params_ema`` is absent), with
+    DataParallel's ``module.`` prefixes removed."""
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f'{path}: holds a {type(checkpoint).__name__}; expected a dict of network weights.')
+    if param_key is not None:
+        if param_key not in checkpoint and param_key == 'params_ema' and 'params' in checkpoint:
+            param_key = 'params'
+        if param_key not in checkpoint:
+            tensors = all(torch.is_tensor(v) for v in checkpoint.values())
+            hint = (' It is a bare state dict (e.g. the authors\' released files): run usaid-convert on it, or set '
+                    'path:param_key_g to ~.') if tensors else ''
+            raise CheckpointError(f'{path}: has no {param_key!r} entry (it has {", ".join(map(str, checkpoint))}); '
+                                  f'expected a BasicSR checkpoint.{hint}')
+        checkpoint = checkpoint[param_key]
+    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in checkpoint.items()}
+
+
+def check_fits(net, state, path, strict=True):
+    """Raise :class:`CheckpointError` naming the keys and shapes of ``state`` that do not fit ``net``: missing and
+    unexpected keys (only when ``strict``, as ``load_state_dict``) and, always, mismatching shapes."""
+    own = net.state_dict()
+    missing = [k for k in own if k not in state] if strict else []
+    unexpected = [k for k in state if k not in own] if strict else []
+    shapes = [f'{k}: checkpoint {tuple(state[k].shape)}, network {tuple(own[k].shape)}'
+              for k in own if k in state and torch.is_tensor(state[k]) and state[k].shape != own[k].shape]
+    if not (missing or unexpected or shapes):
+        return
+
+    def listed(keys):
+        return ', '.join(keys[:_LISTED]) + (f' and {len(keys) - _LISTED} more' if len(keys) > _LISTED else '')
+
+    parts = [f'{len(keys)} {what}: {listed(keys)}' for what, keys in (
+        ('missing key(s)', missing), ('unexpected key(s)', unexpected), ('shape mismatch(es)', shapes)) if keys]
+    raise CheckpointError(f'{path}: does not fit the network {type(net).__name__}: ' + '; '.join(parts)
+                          + '. Expected a checkpoint of the same architecture and options (compare network_g with '
+                          'the options the checkpoint was trained with).')
+
+
+def check_finite(state, path):
+    """Raise :class:`CheckpointError` if a floating-point tensor of ``state`` holds NaN or infinity: such weights
+    must not replace a good checkpoint."""
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f'{path}: not written: the network has non-finite values in {", ".join(bad[:_LISTED])}; '
+                              'the previous checkpoint is kept.')
