@@ -1,7 +1,10 @@
 """Shared fixtures: tiny real images on disk and small option files for the pipelines."""
 import os
+import resource
+import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -89,3 +92,17 @@ def run(args, cwd, env=None, timeout=600):
 
 def console_script(name):
     return str(Path(sys.executable).parent / name)
+
+
+@contextmanager
+def file_size_limit(max_bytes):
+    """A disk that fills up: in this process, writing a file past ``max_bytes`` fails with EFBIG, as a full disk fails
+    with ENOSPC (RLIMIT_FSIZE, with SIGXFSZ ignored as CPython does)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)

@@ -132,3 +132,18 @@ def test_two_process_run_resumed_mid_epoch_matches_an_uninterrupted_one(image_fo
     straight = torch.load(tmp_path / 'experiments/straight/models/net_g_8.pth', weights_only=True)['params']
     resumed = torch.load(tmp_path / 'experiments/resumed/models/net_g_8.pth', weights_only=True)['params']
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_a_run_whose_loss_overflows_stops_with_the_iteration_and_keeps_its_last_checkpoint(image_folder, tmp_path):
+    opt = tiny_options(image_folder, name='overflow', total_iter=6, usa=False)
+    opt['train'].update(ema_decay=0, optim_g={'type': 'Adam', 'lr': 1e10})  # Adam's first step: weights +-1e10
+    opt['logger']['save_checkpoint_freq'] = 1
+    result = subprocess.run([console_script('usaid-train'), '-opt', str(write_options(opt, tmp_path / 'o.yml'))],
+                            cwd=tmp_path, capture_output=True, text=True)
+    models = tmp_path / 'experiments' / 'overflow' / 'models'
+    assert result.returncode == 1 and 'Traceback' not in result.stderr
+    assert (f'usaid-train: iteration 2: l_pix, l_total are not finite (l_pix = inf, l_total = inf); the step was not '
+            f'applied. Last checkpoint: {models / "net_g_1.pth"} (untouched).') in result.stderr
+    assert sorted(p.name for p in models.iterdir()) == ['net_g_1.pth']
+    weights = torch.load(models / 'net_g_1.pth', weights_only=True)['params']
+    assert all(torch.isfinite(v).all() for v in weights.values())

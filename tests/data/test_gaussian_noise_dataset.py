@@ -1,10 +1,14 @@
+import logging
+import re
+from os import path as osp
+
 import cv2
 import numpy as np
 import pytest
 import torch
 from basicsr.utils.lmdb_util import make_lmdb_from_imgs
 
-from tests.conftest import KODAK24
+from tests.conftest import KODAK24, smooth_image
 from usaid.data import GaussianNoiseDataset
 
 
@@ -88,16 +92,121 @@ def test_gray_input_channels(image_folder):
     assert sample['lq'].shape == (1, 32, 32)
 
 
-def test_errors_name_what_is_wrong(image_folder, tmp_path):
+# ---- bad images: an error for validation and test, a counted warning and the file skipped for training --------
+
+def write_images(folder, count=3, size=(40, 40)):
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(1)
+    for i in range(count):
+        cv2.imwrite(str(folder / f'good{i}.png'), smooth_image(rng, *size))
+    return folder
+
+
+def truncated_png(path):
+    content = cv2.imencode('.png', smooth_image(np.random.default_rng(2), 40, 40))[1].tobytes()
+    path.write_bytes(content[:len(content) // 2])
+
+
+def corrupt_inside_png(path):
+    """A PNG whose header and end marker are intact but whose pixel data is garbage: only decoding finds out."""
+    content = bytearray(cv2.imencode('.png', smooth_image(np.random.default_rng(3), 40, 40))[1].tobytes())
+    middle = len(content) // 2
+    content[middle:middle + 64] = bytes(64)
+    path.write_bytes(bytes(content))
+
+
+@pytest.mark.parametrize('make_bad, problem', [
+    (lambda p: p.write_bytes(b'not a png'), 'is not an image file that can be read'),
+    (truncated_png, 'is truncated (a PNG file without its end marker)'),
+])
+def test_unreadable_images_stop_validation_and_are_skipped_in_training(tmp_path, caplog, make_bad, problem):
+    folder = write_images(tmp_path / 'images')
+    make_bad(folder / 'bad.png')
+    with pytest.raises(ValueError, match=re.escape(f'dataroot_gt: 1 of 4 images cannot be used: {folder / "bad.png"} '
+                                                   f'{problem}; expected every image of a validation or test set')):
+        dataset(folder)
+    with caplog.at_level(logging.WARNING, logger='basicsr'):
+        train = dataset(folder, phase='train', gt_size=32)
+    assert len(train) == 3 and str(folder / 'bad.png') not in train.paths
+    assert f'skipping 1 of 4 training images that cannot be used: {folder / "bad.png"} {problem}' in caplog.text
+
+
+def test_truncated_jpeg_is_found_from_its_end_marker(tmp_path):
+    folder = write_images(tmp_path / 'images')
+    content = cv2.imencode('.jpg', smooth_image(np.random.default_rng(4), 40, 40))[1].tobytes()
+    (folder / 'cut.jpg').write_bytes(content[:-100])
+    with pytest.raises(ValueError, match='cut.jpg is truncated \\(a JPEG file without its end marker\\)'):
+        dataset(folder)
+
+
+def test_a_listed_path_that_cannot_be_read_is_named(tmp_path):
+    folder = write_images(tmp_path / 'images')
+    (folder / 'folder.png').mkdir()  # exists, but is no file (permissions are no test when running as root)
+    (tmp_path / 'list.txt').write_text('good0.png\nfolder.png\n')
+    with pytest.raises(ValueError, match=re.escape(f'{folder / "folder.png"} cannot be read (Is a directory)')):
+        dataset(folder, meta_info_file=str(tmp_path / 'list.txt'))
+
+
+def test_image_corrupt_past_its_header_is_replaced_in_training_and_refused_in_validation(tmp_path, caplog):
+    folder = write_images(tmp_path / 'images', count=2)
+    corrupt_inside_png(folder / 'good0.png')
+    with pytest.raises(ValueError, match=f'{folder / "good0.png"}: cannot be decoded as an image'):
+        dataset(folder)[0]
+    train = dataset(folder, phase='train', gt_size=32, sigma_type='fixed', sigma=0)
+    with caplog.at_level(logging.WARNING, logger='basicsr'):
+        samples = [train[0], train[0]]
+    assert all(s['gt_path'] == str(folder / 'good1.png') for s in samples)  # the next image instead
+    assert caplog.text.count('good0.png: cannot be decoded') == 1 and '1 image(s) skipped so far' in caplog.text
+
+
+def test_gray_and_rgba_images_are_used_as_rgb_with_a_counted_warning(tmp_path, caplog):
+    folder = write_images(tmp_path / 'images', count=1)
+    rgb = smooth_image(np.random.default_rng(5), 40, 40)
+    gray = cv2.cvtColor(rgb, cv2.COLOR_BGR2GRAY)
+    cv2.imwrite(str(folder / 'gray.png'), gray)
+    cv2.imwrite(str(folder / 'rgba.png'), np.dstack([rgb, np.full((40, 40), 7, np.uint8)]))
+    with caplog.at_level(logging.WARNING, logger='basicsr'):
+        val = dataset(folder)
+    assert '1 of 3 images are gray (used with the channel repeated to RGB)' in caplog.text
+    assert '1 of 3 images are with an alpha channel (alpha dropped)' in caplog.text
+    samples = {osp.basename(s['gt_path']): s['gt'] for s in val}
+    assert samples['gray.png'].shape == (3, 40, 40) and torch.equal(samples['gray.png'][0], samples['gray.png'][2])
+    assert torch.equal(samples['gray.png'][0], torch.from_numpy(gray / 255.).float())
+    assert torch.equal(samples['rgba.png'], torch.from_numpy(rgb[..., ::-1] / 255.).float().permute(2, 0, 1))
+
+
+def test_images_smaller_than_the_crop_are_named_with_their_size(tmp_path):
+    folder = write_images(tmp_path / 'images')
+    cv2.imwrite(str(folder / 'small.png'), smooth_image(np.random.default_rng(6), 20, 50))
+    with pytest.raises(ValueError, match=re.escape(f'gt_size: 32 is larger than 1 of the 4 images: {folder / "small.png"} '
+                                                   '(20x50)')):
+        dataset(folder, phase='train', gt_size=32)
+    assert len(dataset(folder)) == 4  # validation does not crop
+
+
+def test_empty_folders_and_folders_without_images(tmp_path):
     (tmp_path / 'empty').mkdir()
-    with pytest.raises(ValueError, match='no images found in dataroot_gt'):
+    with pytest.raises(ValueError, match='holds no images \\(it is empty\\); expected image files'):
         dataset(tmp_path / 'empty')
-    with pytest.raises(ValueError, match='smaller than gt_size 64'):
-        dataset(image_folder / 'val', phase='train', gt_size=64)[0]
-    (tmp_path / 'broken').mkdir()
-    (tmp_path / 'broken' / 'bad.png').write_bytes(b'not a png')
-    with pytest.raises(ValueError, match='bad.png: cannot be decoded'):
-        dataset(tmp_path / 'broken')[0]
+    (tmp_path / 'notes').mkdir()
+    (tmp_path / 'notes' / 'readme.txt').write_text('x')
+    with pytest.raises(ValueError, match='holds no images \\(only 1 file\\(s\\) of kinds .txt\\)'):
+        dataset(tmp_path / 'notes')
+
+
+def test_lmdb_keys_and_meta_info_that_disagree(image_folder, tmp_path, caplog):
+    lmdb_path = tmp_path / 'train.lmdb'
+    make_lmdb_from_imgs(str(image_folder / 'train'), str(lmdb_path), ['img0.png', 'img1.png', 'img2.png'],
+                        ['img0', 'img1', 'img2'])
+    meta_info = lmdb_path / 'meta_info.txt'
+    lines = meta_info.read_text().splitlines()
+    meta_info.write_text('\n'.join(lines[:2]) + '\n')  # img2 is stored but no longer listed
+    with caplog.at_level(logging.WARNING, logger='basicsr'):
+        assert len(dataset(lmdb_path, io_backend={'type': 'lmdb'})) == 2
+    assert '1 image(s) stored in the LMDB' in caplog.text and 'not listed in its meta_info.txt' in caplog.text
+    meta_info.write_text('\n'.join(lines + ['img9.png (56,64,3) 1']) + '\n')  # listed, never stored
+    with pytest.raises(ValueError, match='1 key\\(s\\) of .*meta_info.txt are not in the LMDB: img9'):
+        dataset(lmdb_path, io_backend={'type': 'lmdb'})
 
 
 def test_iterating_a_dataset_visits_each_image_once(image_folder):

@@ -5,7 +5,9 @@ import torch
 from basicsr.data import build_dataset
 from basicsr.models import build_model
 
-from tests.conftest import tiny_options
+from tests.conftest import file_size_limit, tiny_options
+from usaid.checkpoint import load_checkpoint
+from usaid.errors import CheckpointError, NonFiniteLossError
 
 
 def build(opt, tmp_path):
@@ -168,3 +170,91 @@ def test_detached_usa_loss_is_computed_only_where_it_is_printed(image_folder, tm
     assert set(logged.loss_terms) == {'l_pix', 'l_usa', 'l_total'} and logged.loss_terms['l_usa'] > 0
     for a, b in zip(unlogged.net_g.parameters(), logged.net_g.parameters()):  # the same update either way
         assert torch.equal(a, b)
+
+
+# ---- bad input: non-finite losses, failing writes, checkpoints that do not fit --------------------------------------
+
+def state_of(model):
+    """Copies of everything a training step may change: weights, BatchNorm statistics, optimizer state."""
+    net = {k: v.clone() for k, v in model.net_g.state_dict().items()}
+    optim = copy.deepcopy(model.optimizer_g.state_dict()['state'])
+    return net, optim
+
+
+def poisoned(data):
+    lq = data['lq'].clone()
+    lq[0, :, 3, 3] = float('nan')
+    return {**data, 'lq': lq}
+
+
+def test_a_non_finite_loss_stops_before_the_step_naming_iteration_and_terms(image_folder, tmp_path):
+    data = batch(image_folder)
+    model = build(tiny_options(image_folder), tmp_path)
+    model.feed_data(data)
+    model.optimize_parameters(1)
+    model.save_network(model.net_g, 'net_g', 1)
+    before = state_of(model)
+    model.feed_data(poisoned(data))
+    with pytest.raises(NonFiniteLossError) as error:
+        model.optimize_parameters(7)
+    message = str(error.value)
+    assert message.startswith('iteration 7: l_pix, l_usa, l_total are not finite (l_pix = nan, l_usa = nan, '
+                              'l_total = nan); the step was not applied')
+    assert f'Last checkpoint: {tmp_path / "net_g_1.pth"} (untouched)' in message
+    after = state_of(model)
+    assert all(torch.equal(before[0][k], after[0][k]) for k in before[0])
+
+
+def test_skip_drops_the_step_entirely_up_to_max_skips(image_folder, tmp_path):
+    opt = tiny_options(image_folder)
+    opt['train']['non_finite_loss'] = {'action': 'skip', 'max_skips': 2}
+    data = batch(image_folder)
+    model = build(opt, tmp_path)
+    model.feed_data(data)
+    model.optimize_parameters(1)
+    before = state_of(model)
+    ema_before = {k: v.clone() for k, v in model.net_g_ema.state_dict().items()}
+    model.feed_data(poisoned(data))
+    for current_iter in (2, 3):
+        model.optimize_parameters(current_iter)
+    net, optim = state_of(model)
+    assert all(torch.equal(before[0][k], net[k]) for k in net)  # weights and BatchNorm statistics
+    assert all(torch.equal(a, b) for k in optim for a, b in zip(before[1][k].values(), optim[k].values()))
+    assert all(torch.equal(ema_before[k], v) for k, v in model.net_g_ema.state_dict().items())
+    with pytest.raises(NonFiniteLossError, match='iteration 4: .* the 3th such step \\(train:non_finite_loss:max_skips'):
+        model.optimize_parameters(4)
+    model.feed_data(data)  # a good batch trains as usual
+    model.non_finite_skips = 0
+    model.optimize_parameters(5)
+    assert not torch.equal(before[0]['dncnn.0.weight'], model.net_g.state_dict()['dncnn.0.weight'])
+
+
+def test_a_failing_checkpoint_write_keeps_the_last_checkpoint(image_folder, tmp_path):
+    model = build(tiny_options(image_folder), tmp_path)
+    model.save_network(model.net_g, 'net_g', -1)
+    saved = load_checkpoint(str(tmp_path / 'net_g_latest.pth'))['params']
+    with torch.no_grad():
+        for p in model.net_g.parameters():
+            p.add_(1)
+    with file_size_limit(4096), pytest.raises(CheckpointError, match='net_g_latest.pth: could not be written'):
+        model.save_network(model.net_g, 'net_g', -1)
+    with file_size_limit(256), pytest.raises(CheckpointError, match='5.state: could not be written'):
+        model.save_training_state(0, 5)
+    reloaded = load_checkpoint(str(tmp_path / 'net_g_latest.pth'))['params']
+    assert all(torch.equal(saved[k], reloaded[k]) for k in saved)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ['net_g_latest.pth']
+    with torch.no_grad():
+        next(model.net_g.parameters())[0] = float('inf')
+    with pytest.raises(CheckpointError, match='non-finite values in dncnn.0.weight'):
+        model.save_network(model.net_g, 'net_g', -1)
+    assert all(torch.equal(saved[k], v) for k, v in load_checkpoint(str(tmp_path / 'net_g_latest.pth'))['params'].items())
+
+
+def test_pretrained_weights_of_another_architecture_are_named(image_folder, tmp_path):
+    opt = tiny_options(image_folder)
+    build(opt, tmp_path).save_network([build(opt, tmp_path).net_g], 'net_g', 1)
+    opt['network_g']['num_feat'] = 8
+    opt['path']['pretrain_network_g'] = str(tmp_path / 'net_g_1.pth')
+    with pytest.raises(CheckpointError, match=r'net_g_1.pth: does not fit the network USAID: .*shape mismatch\(es\): '
+                                              r'dncnn.0.weight: checkpoint \(16, 3, 3, 3\), network \(8, 3, 3, 3\)'):
+        build(opt, tmp_path)

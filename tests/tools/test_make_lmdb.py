@@ -7,7 +7,7 @@ import torch
 from basicsr.data import build_dataloader, build_dataset
 from basicsr.utils import set_random_seed
 
-from tests.conftest import console_script, run, tiny_options
+from tests.conftest import console_script, file_size_limit, run, tiny_options
 from usaid.data.resumable_sampler import ResumableSampler
 from usaid.tools.make_lmdb import make_lmdb
 
@@ -85,3 +85,19 @@ def test_training_batches_are_the_same_from_the_folder_and_its_lmdb(image_folder
     for a, b in zip(from_folder, from_lmdb):
         assert torch.equal(a['gt'], b['gt']) and torch.equal(a['lq'], b['lq'])
         assert torch.equal(a['sigma'], b['sigma'])
+
+
+def test_a_failing_write_leaves_no_lmdb_and_keeps_an_existing_one(image_folder, tmp_path):
+    out = tmp_path / 'set.lmdb'
+    with file_size_limit(16 * 1024), pytest.raises(OSError, match=f'{out}: the LMDB could not be written .*; '
+                                                                  'no set.lmdb was made'):
+        make_lmdb(str(image_folder / 'train'), str(out))
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith('.lmdb')]  # neither the LMDB nor a partial one
+
+    make_lmdb(str(image_folder / 'val'), str(out))
+    kept = {p.name: p.read_bytes() for p in out.iterdir()}
+    with file_size_limit(16 * 1024), pytest.raises(OSError, match=f'the existing {out} is kept'):
+        make_lmdb(str(image_folder / 'train'), str(out), overwrite=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == kept
+    assert len(build_dataset({'name': 'kept', 'type': 'GaussianNoiseDataset', 'dataroot_gt': str(out), 'phase': 'val',
+                              'io_backend': {'type': 'lmdb'}, 'sigma': 25})) == 2

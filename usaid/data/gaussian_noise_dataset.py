@@ -276,6 +276,12 @@ class GaussianNoiseDataset(data.Dataset):
     def _read(self, index):
         """``(path, image)`` of image ``index``. In training, an image that fails to decode (corrupt past its header)
         is replaced by the next good one, with a warning the first time; validation and test stop with an error."""
+        if self.phase != 'train':
+            path = self.paths[index]
+            try:
+                return path, decode_image(self.file_client.get(path, 'gt'), path, self.in_ch)
+            except (ValueError, OSError) as error:
+                raise ValueError(f"datasets: {self.opt.get('name')}: {error}") from None
         for offset in range(len(self.paths)):
             path = self.paths[(index + offset) % len(self.paths)]
             if path in self.undecodable:
@@ -283,8 +289,6 @@ class GaussianNoiseDataset(data.Dataset):
             try:
                 return path, decode_image(self.file_client.get(path, 'gt'), path, self.in_ch)
             except (ValueError, OSError) as error:
-                if self.phase != 'train':
-                    raise ValueError(f"datasets: {self.opt.get('name')}: {error}") from None
                 self.undecodable.add(path)
                 logging.getLogger('basicsr').warning(
                     f"datasets: {self.opt.get('name')}: {error} Skipped; {len(self.undecodable)} image(s) skipped "

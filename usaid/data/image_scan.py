@@ -58,10 +58,23 @@ def scan_file(path):
     return ImageInfo(path, None, height, width, mode in _GRAY_MODES, mode in _ALPHA_MODES, bits)
 
 
-@functools.lru_cache(maxsize=16)
+def _signature(path):
+    """What tells a changed file from the one scanned before."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
+
+
 def scan_folder_images(paths):
-    """:class:`ImageInfo` of each file in ``paths`` (a tuple)."""
-    return tuple(scan_file(path) for path in paths)
+    """:class:`ImageInfo` of each file in ``paths``."""
+    return _scan_files(tuple((path, _signature(path)) for path in paths))
+
+
+@functools.lru_cache(maxsize=16)
+def _scan_files(signed_paths):
+    return tuple(scan_file(path) for path, _ in signed_paths)
 
 
 def _parse_shape(text):
@@ -73,13 +86,17 @@ def _parse_shape(text):
     return height, width, channels
 
 
-@functools.lru_cache(maxsize=16)
 def scan_lmdb_images(root):
     """``(infos, unlisted)`` of a BasicSR LMDB: an :class:`ImageInfo` per key of its ``meta_info.txt`` (in order; the
     size from the listed shape) and the number of keys the LMDB holds that ``meta_info.txt`` does not list.
 
     Raises ``ValueError`` naming the file when ``root`` is not a readable BasicSR LMDB.
     """
+    return _scan_lmdb(root, _signature(osp.join(root, 'meta_info.txt')), _signature(osp.join(root, 'data.mdb')))
+
+
+@functools.lru_cache(maxsize=16)
+def _scan_lmdb(root, *_signatures):
     meta_info = osp.join(root, 'meta_info.txt')
     for required in (osp.join(root, 'data.mdb'), meta_info):
         if not osp.isfile(required):

@@ -103,8 +103,8 @@ class USAIDModel(SRModel):
 
     def optimize_parameters(self, current_iter):
         self.optimizer_g.zero_grad(set_to_none=True)
-        # a skipped step must not keep the BatchNorm statistics its forward pass updated (a few KB)
-        buffers = [b.clone() for b in self.net_g.buffers()] if self.non_finite_action == 'skip' else None
+        # a step that is not applied must not keep the BatchNorm statistics its forward pass updated (a few KB)
+        buffers = [b.clone() for b in self.net_g.buffers()]
         with precision_autocast(self.device, self.precision):
             self.output = self.net_g(self.lq).float()
 
@@ -116,18 +116,17 @@ class USAIDModel(SRModel):
         l_total.backward()
         losses['l_total'] = l_total
         self.loss_terms = OrderedDict((name, value.detach()) for name, value in losses.items())
-        if not self._step_is_finite(current_iter):
-            self.optimizer_g.zero_grad(set_to_none=True)
-            torch._foreach_copy_(list(self.net_g.buffers()), buffers)
+        if not self._step_is_finite(current_iter, buffers):
             return
         self.optimizer_g.step()
         if self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
 
-    def _step_is_finite(self, current_iter):
+    def _step_is_finite(self, current_iter, buffers):
         """Whether this step's losses and gradient are finite, agreed by every process (one host sync per step).
-        If not: stop with :class:`~usaid.errors.NonFiniteLossError`, or, with ``non_finite_loss: action: skip``,
-        log it and return False, up to ``max_skips`` times."""
+        If not, the network's buffers are put back to ``buffers`` and the gradients dropped; then stop with
+        :class:`~usaid.errors.NonFiniteLossError`, or, with ``non_finite_loss: action: skip``, log it and return
+        False, up to ``max_skips`` times."""
         grads = [p.grad for p in self.net_g.parameters() if p.grad is not None]
         checks = [torch.isfinite(v) for v in self.loss_terms.values()]
         if grads:
@@ -137,9 +136,11 @@ class USAIDModel(SRModel):
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         if finite.item():
             return True
+        torch._foreach_copy_(list(self.net_g.buffers()), buffers)
+        self.optimizer_g.zero_grad(set_to_none=True)
         values = ', '.join(f'{name} = {value.item():.4g}' for name, value in self.loss_terms.items())
         bad = [name for name, value in self.loss_terms.items() if not torch.isfinite(value)]
-        cause = (f"{' and '.join(bad)} {'is' if len(bad) == 1 else 'are'} not finite" if bad else
+        cause = (f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not finite" if bad else
                  'the gradient is not finite' + ('' if grads and not all(torch.isfinite(g).all() for g in grads)
                                                  else ' in another process'))
         self.non_finite_skips += 1
@@ -237,7 +238,8 @@ class USAIDModel(SRModel):
         """BasicSR's checkpoint format (``{param_key: state dict}``, CPU tensors, no ``module.``), written atomically.
         BasicSR's own version swallows a failed write after three tries and may leave a partial file under the real
         name; here the previous file stays and the run stops with :class:`~usaid.errors.CheckpointError`."""
-        nets, keys = (net, param_key) if isinstance(net, list) else ([net], [param_key])
+        nets = net if isinstance(net, list) else [net]
+        keys = param_key if isinstance(param_key, list) else [param_key]
         path = osp.join(self.opt['path']['models'], f"{net_label}_{'latest' if current_iter == -1 else current_iter}.pth")
         checkpoint = {}
         for net_, key in zip(nets, keys):

@@ -13,36 +13,24 @@ import sys
 import torch
 
 from usaid.archs import USAID
+from usaid.checkpoint import check_fits, load_checkpoint, save_atomically
+from usaid.errors import CheckpointError
 
 
-class CheckpointMismatch(ValueError):
-    """A checkpoint that does not fit the requested ``USAID`` architecture."""
-
-
-def describe_mismatch(expected, found):
-    """Lines naming the missing keys, unexpected keys and wrong shapes of ``found`` against ``expected``."""
-    lines = [f'missing key {k} {tuple(expected[k].shape)}' for k in sorted(set(expected) - set(found))]
-    lines += [f'unexpected key {k} {tuple(found[k].shape)}' for k in sorted(set(found) - set(expected))]
-    lines += [f'wrong shape for {k}: {tuple(found[k].shape)}, expected {tuple(expected[k].shape)}'
-              for k in sorted(set(expected) & set(found)) if found[k].shape != expected[k].shape]
-    return lines
-
-
-def to_basicsr(checkpoint, **arch_opt):
-    """Return ``(state_dict, already_basicsr)`` for ``USAID(**arch_opt)``, or raise :class:`CheckpointMismatch`."""
+def to_basicsr(checkpoint, path='checkpoint', **arch_opt):
+    """Return ``(state_dict, already_basicsr)`` for ``USAID(**arch_opt)``, or raise
+    :class:`~usaid.errors.CheckpointError` naming ``path`` and the keys and shapes that do not fit."""
     already_basicsr = isinstance(checkpoint, dict) and 'params' in checkpoint
     state = checkpoint['params'] if already_basicsr else checkpoint
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise CheckpointMismatch('not a state dict of tensors (nor {"params": state dict})')
+        raise CheckpointError(f'{path}: not a state dict of tensors (nor {{"params": state dict}}).')
     state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
-    expected = USAID(**arch_opt).state_dict()
+    net = USAID(**arch_opt)
+    expected = net.state_dict()
     for key, value in expected.items():  # BN counters that pre-0.4.1 PyTorch did not save
         if key.endswith('num_batches_tracked') and key not in state:
             state[key] = torch.zeros_like(value)
-    differences = describe_mismatch(expected, state)
-    if differences:
-        raise CheckpointMismatch('\n  '.join(['does not fit USAID(' + ', '.join(
-            f'{k}={v}' for k, v in arch_opt.items()) + '):'] + differences))
+    check_fits(net, state, path)
     return {k: state[k] for k in expected}, already_basicsr
 
 
@@ -50,16 +38,11 @@ def convert(in_path, out_path, overwrite=False, **arch_opt):
     """Convert ``in_path`` to ``out_path``; returns a one-line report. Writes nothing on any error."""
     if os.path.exists(out_path) and not overwrite:
         raise FileExistsError(f'{out_path} exists; pass --force to overwrite it.')
-    checkpoint = torch.load(in_path, map_location='cpu', weights_only=True)
-    try:
-        state, already_basicsr = to_basicsr(checkpoint, **arch_opt)
-    except CheckpointMismatch as error:
-        raise CheckpointMismatch(f'{in_path}: {error}') from None
+    state, already_basicsr = to_basicsr(load_checkpoint(in_path), in_path, **arch_opt)
     if already_basicsr:
         return f'{in_path} is already in BasicSR format for USAID; nothing written.'
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    torch.save({'params': state}, out_path + '.tmp')
-    os.replace(out_path + '.tmp', out_path)
+    save_atomically({'params': state}, out_path)
     return f'{in_path} -> {out_path}: {len(state)} tensors, BasicSR format (params) for USAID.'
 
 
@@ -77,7 +60,7 @@ def main(argv=None):
         print(convert(args.input, args.output, overwrite=args.force, num_in_ch=args.num_in_ch,
                       num_out_ch=args.num_in_ch, num_feat=args.num_feat, num_layers=args.num_layers,
                       use_bn=not args.no_bn))
-    except (CheckpointMismatch, FileExistsError, FileNotFoundError) as error:
+    except (CheckpointError, FileExistsError) as error:
         sys.exit(f'usaid-convert: {error}')
 
 

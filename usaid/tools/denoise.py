@@ -25,7 +25,9 @@ from tqdm import tqdm
 
 import usaid  # noqa: F401  (registers U-SAID's archs)
 from usaid.allocator import keep_freed_memory
+from usaid.checkpoint import check_fits, load_checkpoint, network_state
 from usaid.data.gaussian_noise_dataset import IMAGE_EXTENSIONS, add_protocol_noise
+from usaid.errors import CheckpointError
 from usaid.inference import CONV_ALGOS, PRECISIONS, InferenceNetwork
 from usaid.tools.convert import to_basicsr
 
@@ -35,13 +37,14 @@ DEFAULT_NETWORK = {'type': 'USAID'}
 def load_denoiser(weights, network_opt=None, device='cpu'):
     """A network in eval mode from a BasicSR checkpoint (``params_ema`` preferred, else ``params``) or a released one."""
     network_opt = dict(network_opt or DEFAULT_NETWORK)
-    checkpoint = torch.load(weights, map_location='cpu', weights_only=True)
+    checkpoint = load_checkpoint(weights)
     if network_opt['type'] == 'USAID' and not (isinstance(checkpoint, dict) and 'params_ema' in checkpoint):
         arch = {k: v for k, v in network_opt.items() if k != 'type'}
-        state = to_basicsr(checkpoint, **arch)[0]  # also accepts the authors' released files
+        state = to_basicsr(checkpoint, weights, **arch)[0]  # also accepts the authors' released files
     else:
-        state = checkpoint.get('params_ema', checkpoint.get('params', checkpoint))
+        state = network_state(checkpoint, weights, 'params_ema')
     net = build_network(network_opt)
+    check_fits(net, state, weights)
     net.load_state_dict(state, strict=True)
     return net.eval().to(device)
 
@@ -185,7 +188,7 @@ def main(argv=None):
                 (psnr_in, ssim_in), (psnr_out, ssim_out) = scores['input'], scores['output']
                 tqdm.write(f'{osp.basename(path)}: noisy {psnr_in:.2f} dB / SSIM {ssim_in:.4f} -> '
                            f'denoised {psnr_out:.2f} dB / SSIM {ssim_out:.4f}')
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, CheckpointError) as error:
         sys.exit(f'usaid-denoise: {error}')
     print(f'{len(paths)} image(s) denoised on {device} ({args.precision}, {net.conv_algo} convolutions) '
           f'-> {args.output}')

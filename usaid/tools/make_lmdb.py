@@ -13,6 +13,7 @@ import shutil
 import sys
 from os import path as osp
 
+import lmdb
 from basicsr.utils import scandir
 from basicsr.utils.lmdb_util import LmdbMaker, read_img_worker
 from PIL import Image
@@ -82,6 +83,10 @@ def make_lmdb(source, out, list_file=None, filename_tmpl='{}', overwrite=False, 
             maker.put(img_byte.tobytes(), key, shape)
             stored += len(img_byte)
         maker.close()
+    except (lmdb.Error, OSError) as error:  # a full disk surfaces as "mdb_txn_commit: Input/output error"
+        shutil.rmtree(partial, ignore_errors=True)
+        kept = f'the existing {out} is kept' if osp.exists(out) else f'no {osp.basename(out)} was made'
+        raise OSError(f'{out}: the LMDB could not be written ({error}); {kept}. Check the free disk space.') from error
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -103,7 +108,7 @@ def main(argv=None):
     try:
         count, stored = make_lmdb(args.source, args.out, args.list, args.filename_tmpl, args.overwrite,
                                   args.compress_level)
-    except (ValueError, FileExistsError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:
         sys.exit(f'usaid-make-lmdb: {error}')
     print(f'Wrote {count} images ({stored / 2**20:.1f} MiB of PNG) to {osp.abspath(args.out)} '
           f"with meta_info.txt; read it with io_backend: {{type: lmdb}}, dataroot_gt: {args.out}")
