@@ -37,7 +37,7 @@ def test_basicsr_format_is_a_no_op_and_existing_output_is_kept(tmp_path):
 
 
 @pytest.mark.parametrize('arch, expected', [
-    ({'num_layers': 17}, '18 unexpected key(s): dncnn.48.weight'),
+    ({'num_layers': 17}, '15 unexpected key(s): dncnn.48.weight'),
     ({'num_feat': 32}, 'dncnn.0.weight: checkpoint (64, 3, 3, 3), network (32, 3, 3, 3)'),
     ({'num_in_ch': 1, 'num_out_ch': 1}, 'dncnn.0.weight: checkpoint (64, 3, 3, 3), network (64, 1, 3, 3)'),
 ])
