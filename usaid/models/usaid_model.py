@@ -150,7 +150,7 @@ class USAIDModel(SRModel):
                                       f'{self.max_non_finite_skips}, train:non_finite_loss:max_skips).')
             return False
         if self.non_finite_action == 'skip':
-            message += f', the {self.max_non_finite_skips + 1}th such step (train:non_finite_loss:max_skips)'
+            message += f', and {self.max_non_finite_skips} steps were skipped already (train:non_finite_loss:max_skips)'
         checkpoints = sorted(glob.glob(osp.join(self.opt['path'].get('models', ''), 'net_g_*.pth')),
                              key=lambda p: int(re.sub(r'\D', '', osp.basename(p)) or -1))
         message += (f'. Last checkpoint: {checkpoints[-1]} (untouched). ' if checkpoints else '. No checkpoint was '
