@@ -264,7 +264,7 @@ class _Checker:
         self.boolean(opt, 'keep_freed_memory', 'keep_freed_memory')
         network = self.network(opt)
         if self.mapping(opt, 'path', 'path') is not None:
-            self.paths(opt['path'], is_train)
+            self.paths(opt['path'])
         datasets = self.mapping(opt, 'datasets', 'datasets')
         if datasets is not None:
             self.datasets(opt, datasets, is_train, network)
@@ -303,7 +303,7 @@ class _Checker:
             self.arguments(network, 'network_g', arch)
         return network, arch
 
-    def paths(self, path_opt, is_train):
+    def paths(self, path_opt):
         for key, value in path_opt.items():
             if ('pretrain_network' in key or 'resume_state' in key) and value is not None:
                 if not isinstance(value, str):
