@@ -46,6 +46,7 @@ setup(
         'scipy',
         'tqdm',
         'scikit-image',
+        'matplotlib',
         # imported by basicsr 1.4.2 itself; listed because it is installed without its own requirement set
         'addict',
         'future',
@@ -61,6 +62,7 @@ setup(
             'usaid-convert = usaid.tools.convert:main',
             'usaid-denoise = usaid.tools.denoise:main',
             'usaid-make-lmdb = usaid.tools.make_lmdb:main',
+            'usaid-visualize = usaid.tools.visualize:main',
         ],
     },
 )

@@ -1,0 +1,161 @@
+"""``usaid-visualize IMAGE -w A.pth [B.pth ...] --add-noise 25 -o figure.png``: what the USA module sees.
+
+One PNG figure (matplotlib), one row per image: the noisy input, the clean image (with ``--add-noise``), and each
+model's output. Each row shows the image with the zoom window outlined, the zoomed crop, the USA network's
+segmentation map (arg-max over its K classes, K distinct colours) and its uncertainty map ``1 - p*`` (``p*``: the
+arg-max probability, with a colour bar). Titles give PSNR and SSIM against the clean image, computed by BasicSR's
+``calculate_psnr`` and ``calculate_ssim`` on 8-bit images as the test pipeline does.
+
+The image is the clean reference when ``--add-noise SIGMA`` is given (noise by the test protocol: seeded, unclipped);
+without it the image is taken as the noisy input and no metric is shown. The USA network is a :class:`USANet` built
+like the recipes' (ResNet-101, ImageNet backbone, ``init_seed`` 0); ``--usa-pretrained none`` uses a random backbone
+when torchvision's ImageNet weights are not available.
+"""
+import argparse
+import sys
+from os import path as osp
+
+import matplotlib
+
+matplotlib.use('Agg')  # files only: no display needed
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import yaml  # noqa: E402
+from basicsr.metrics import calculate_psnr, calculate_ssim  # noqa: E402
+from basicsr.utils import tensor2img  # noqa: E402
+from basicsr.utils.options import ordered_yaml  # noqa: E402
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+from usaid.archs.usanet_arch import BACKBONES, USANet  # noqa: E402
+from usaid.data.gaussian_noise_dataset import add_protocol_noise  # noqa: E402
+from usaid.errors import CheckpointError  # noqa: E402
+from usaid.inference import InferenceNetwork  # noqa: E402
+from usaid.tools.denoise import denoise, load_denoiser, read_image  # noqa: E402
+
+PANEL_INCHES = 3.0
+DPI = 100
+
+
+def segment(usa_net, image):
+    """``(labels, uncertainty)`` of a (1, 3, H, W) image in [0, 1] at full resolution: the arg-max class and
+    ``1 - p*`` of the USA network's logits, upsampled bilinearly from its stride of 4."""
+    with torch.inference_mode():
+        logits = usa_net(image.clamp(0, 1))
+        logits = F.interpolate(logits, size=image.shape[-2:], mode='bilinear', align_corners=False)
+        confidence, labels = torch.softmax(logits, dim=1).max(dim=1)
+    return labels[0].numpy(), (1 - confidence[0]).numpy()
+
+
+def class_colours(num_classes):
+    """K distinct colours: evenly spaced hues of matplotlib's HSV map, alternately bright and dark."""
+    hues = plt.get_cmap('hsv')(np.linspace(0, 1, num_classes, endpoint=False))
+    hues[1::2, :3] *= 0.6
+    return ListedColormap(hues)
+
+
+def default_crop(height, width):
+    """A centred square a quarter of the shorter side."""
+    size = max(8, min(height, width) // 4)
+    return (height - size) // 2, (width - size) // 2, size
+
+
+def visualize(image_path, weights, names=None, out_path='usaid_visualize.png', add_noise=None, seed=0,
+              network_opt=None, usa_opt=None, crop=None, device='cpu'):
+    """Write the figure; returns ``rows``: for each row (noisy, clean, then each model) a dict with ``name``,
+    ``image`` (H x W x 3 uint8 RGB), ``labels``, ``uncertainty`` and, with a clean reference, ``psnr`` and
+    ``ssim``."""
+    rgb, _, _, _ = read_image(image_path)
+    names = list(names or [osp.splitext(osp.basename(w))[0] for w in weights])
+    if len(names) != len(weights):
+        raise ValueError(f'--names: {len(names)} names for {len(weights)} checkpoints; expected one per checkpoint.')
+    clean = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+    noisy = clean if add_noise is None else torch.from_numpy(
+        add_protocol_noise(rgb, add_noise, seed).astype(np.float32)).permute(2, 0, 1)[None]
+
+    usa_net = USANet(**(usa_opt or {})).to(device)
+    images = [('noisy input' if add_noise is not None else 'input', noisy)]
+    if add_noise is not None:
+        images.append(('clean', clean))
+    for name, weight in zip(names, weights):
+        net = InferenceNetwork(load_denoiser(weight, network_opt, device))
+        with torch.inference_mode():
+            images.append((name, denoise(net, noisy, tile=512, device=device)))
+
+    reference = tensor2img(clean, rgb2bgr=False) if add_noise is not None else None
+    rows = []
+    for name, tensor in images:
+        row = {'name': name, 'image': tensor2img(tensor, rgb2bgr=False)}
+        row['labels'], row['uncertainty'] = segment(usa_net, tensor.to(device))
+        if reference is not None and name != 'clean':
+            row['psnr'] = calculate_psnr(row['image'], reference, crop_border=0, input_order='HWC')
+            row['ssim'] = calculate_ssim(row['image'], reference, crop_border=0, input_order='HWC')
+        rows.append(row)
+    draw(rows, usa_net.classifier.out_channels, crop or default_crop(*rgb.shape[:2]), out_path)
+    return rows
+
+
+def draw(rows, num_classes, crop, out_path):
+    """Four panels per row: image with the crop outlined, the crop, segmentation, uncertainty with a colour bar."""
+    top, left, size = crop
+    colours = class_colours(num_classes)
+    fig, axes = plt.subplots(len(rows), 4, figsize=(4 * PANEL_INCHES, len(rows) * PANEL_INCHES), dpi=DPI,
+                             squeeze=False, layout='constrained')
+    for ax_row, row in zip(axes, rows):
+        title = row['name'] + (f"\n{row['psnr']:.2f} dB, SSIM {row['ssim']:.4f}" if 'psnr' in row else '')
+        ax_row[0].imshow(row['image'])
+        ax_row[0].add_patch(Rectangle((left - 0.5, top - 0.5), size, size, fill=False, edgecolor='yellow', lw=1.5))
+        ax_row[0].set_title(title, fontsize=9)
+        ax_row[1].imshow(row['image'][top:top + size, left:left + size], interpolation='nearest')
+        ax_row[1].set_title(f'{row["name"]}: zoom', fontsize=9)
+        ax_row[2].imshow(row['labels'], cmap=colours, vmin=-0.5, vmax=num_classes - 0.5, interpolation='nearest')
+        ax_row[2].set_title(f'segmentation ({len(np.unique(row["labels"]))} of {num_classes} classes)', fontsize=9)
+        shown = ax_row[3].imshow(row['uncertainty'], cmap='magma', vmin=0, vmax=1)
+        ax_row[3].set_title(f'uncertainty 1 - p* (mean {row["uncertainty"].mean():.3f})', fontsize=9)
+        fig.colorbar(shown, ax=ax_row[3], fraction=0.046)
+        for ax in ax_row:
+            ax.set_axis_off()
+    fig.savefig(out_path, dpi=DPI)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog='usaid-visualize', description=__doc__.splitlines()[0])
+    parser.add_argument('image', help='the clean image (with --add-noise) or a noisy one')
+    parser.add_argument('-w', '--weights', nargs='+', required=True,
+                        help='checkpoints: BasicSR ones or the released files (DnCNN.pth, USAID.pth, SSAID.pth)')
+    parser.add_argument('--names', nargs='+', help='a name per checkpoint (default: the file names)')
+    parser.add_argument('-o', '--output', default='usaid_visualize.png', help='the PNG figure to write')
+    parser.add_argument('--add-noise', type=float, metavar='SIGMA', help='add Gaussian noise (0-255 scale) by the '
+                                                                         'test protocol; the image is then the clean one')
+    parser.add_argument('--seed', type=int, default=0, help='seed of --add-noise (the test protocol uses 0)')
+    parser.add_argument('-opt', help="option file whose network_g builds the networks (default: USAID's defaults)")
+    parser.add_argument('--crop', type=int, nargs=3, metavar=('TOP', 'LEFT', 'SIZE'), help='the zoom window')
+    parser.add_argument('--usa-backbone', choices=BACKBONES, default='resnet101')
+    parser.add_argument('--usa-pretrained', default='imagenet', help="imagenet, none, or a ResNet state dict file")
+    parser.add_argument('--usa-init-seed', type=int, default=0, help="USANet's init_seed (the recipes use 0)")
+    parser.add_argument('--num-classes', type=int, default=21)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    args = parser.parse_args(argv)
+    network_opt = None
+    if args.opt:
+        with open(args.opt) as f:
+            network_opt = yaml.load(f, Loader=ordered_yaml()[0])['network_g']
+    usa_opt = {'backbone': args.usa_backbone, 'pretrained': args.usa_pretrained, 'init_seed': args.usa_init_seed,
+               'num_classes': args.num_classes}
+    try:
+        rows = visualize(args.image, args.weights, args.names, args.output, args.add_noise, args.seed, network_opt,
+                         usa_opt, args.crop, args.device)
+    except (ValueError, CheckpointError, RuntimeError) as error:
+        sys.exit(f'usaid-visualize: {error}')
+    for row in rows:
+        metrics = f"  {row['psnr']:.2f} dB  SSIM {row['ssim']:.4f}" if 'psnr' in row else ''
+        print(f"{row['name']:<20}{metrics}  mean uncertainty {row['uncertainty'].mean():.4f}")
+    print(f'Figure: {osp.abspath(args.output)}')
+
+
+if __name__ == '__main__':
+    main()
