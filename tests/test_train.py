@@ -1,18 +1,28 @@
 """End to end through the console scripts, in a temporary directory, on CPU."""
 import csv
 import os
+import re
 import subprocess
 import sys
 import time
 
+import cv2
+import numpy as np
+import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import console_script, run, tiny_options, write_options
+from tests.conftest import console_script, run, smooth_image, tiny_options, write_options
 from usaid import compat
 
 
 def test_usaid_train_writes_checkpoints_states_events_and_metrics(image_folder, tmp_path):
-    opt_file = write_options(tiny_options(image_folder, name='e2e'), tmp_path / 'e2e.yml')
+    opt = tiny_options(image_folder, name='e2e')
+    (tmp_path / 'val64').mkdir()  # the USA network segments single images of at least 64x64 with batch statistics
+    for i in range(4):
+        cv2.imwrite(str(tmp_path / 'val64' / f'img{i}.png'), smooth_image(np.random.default_rng(i), 64, 64))
+    opt['datasets']['val']['dataroot_gt'] = str(tmp_path / 'val64')
+    opt_file = write_options(opt, tmp_path / 'e2e.yml')
     run([console_script('usaid-train'), '-opt', str(opt_file)], cwd=tmp_path)
 
     experiment = tmp_path / 'experiments' / 'e2e'
@@ -25,6 +35,16 @@ def test_usaid_train_writes_checkpoints_states_events_and_metrics(image_folder, 
     assert 'Validation tiny_val' in log and '# psnr:' in log
     assert 'l_pix:' in log and 'l_usa:' in log and 'l_total:' in log
     assert not list(experiment.rglob('*.partial'))  # every save was renamed into place
+
+    events = EventAccumulator(str(tmp_path / 'tb_logger' / 'e2e'), size_guidance={'images': 0, 'scalars': 0}).Reload()
+    for tag in ('losses/l_pix', 'losses/l_usa', 'losses/l_total', 'lr', 'metrics/tiny_val/psnr'):
+        assert tag in events.Tags()['scalars'], events.Tags()
+    printed = [float(lr) for lr in re.findall(r'lr:\(([0-9.e+-]+),\)', log)]  # the rate BasicSR prints per line
+    assert [e.value for e in events.Scalars('lr')] == pytest.approx(printed, rel=1e-3) and printed[-1] == 5e-4
+    for kind in ('noisy', 'output', 'gt', 'segmentation', 'uncertainty'):
+        shown = events.Images(f'tiny_val/img0/{kind}')
+        assert [e.step for e in shown][:2] == [2, 4] and (shown[0].width, shown[0].height) == (64, 64)  # + the final
+    assert not [tag for tag in events.Tags()['images'] if tag.startswith('tiny_val/img3/')]  # tb_images: 3
 
 
 def test_run_interrupted_mid_epoch_and_resumed_ends_with_the_weights_of_an_uninterrupted_one(image_folder, tmp_path):

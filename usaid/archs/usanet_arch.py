@@ -69,6 +69,7 @@ class USANet(nn.Module):
         if bn_mode not in ('train', 'eval'):
             raise ValueError(f"USANet: bn_mode {bn_mode!r}: expected 'train' or 'eval'.")
         self.bn_mode = bn_mode
+        self.num_classes = num_classes
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(init_seed)

@@ -1,4 +1,5 @@
 import torch
+import torch.nn.functional as F
 from basicsr.archs import build_network
 from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
@@ -54,6 +55,14 @@ class USALoss(nn.Module):
             # NCHW: for a ResNet on 48x48 patches measured faster than channels_last, forward and backward
             logits = self.net(image.clamp(0, 1).contiguous())
         return logits.float()
+
+    @torch.inference_mode()
+    def segmentation_maps(self, image):
+        """``(labels, uncertainty)`` of (N, 3, H, W) images at full resolution: the arg-max class (N, H, W) and
+        ``1 - p*`` (N, H, W) of the network's logits, upsampled bilinearly from the network's stride."""
+        logits = F.interpolate(self.segment(image), size=image.shape[-2:], mode='bilinear', align_corners=False)
+        confidence, labels = torch.softmax(logits, dim=1).max(dim=1)
+        return labels, 1 - confidence
 
     def forward(self, pred):
         if self.detach_input:

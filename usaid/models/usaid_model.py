@@ -18,6 +18,7 @@ from usaid.allocator import keep_freed_memory
 from usaid.checkpoint import check_finite, check_fits, load_checkpoint, network_state, save_atomically
 from usaid.errors import NonFiniteLossError
 from usaid.inference import InferenceNetwork, check_precision, precision_autocast
+from usaid.visual import colour_maps
 
 
 @MODEL_REGISTRY.register()
@@ -46,6 +47,9 @@ class USAIDModel(SRModel):
             Default: ``{action: stop, max_skips: 10}``.
 
     Options under ``val``:
+        tb_images (int): At each validation, TensorBoard gets the noisy input, output and ground truth of this many
+            first images, and the USA network's segmentation and uncertainty of the output (when training with
+            ``usa_opt``), under ``<dataset>/<image>/<kind>``. Default: 3.
         inference (dict, optional): Keyword arguments of :class:`~usaid.inference.InferenceNetwork`, which
             validation and testing run the network through (``fold_bn``, ``conv_algo``, ``channels_last``,
             ``precision``). Default: its defaults, which keep float32 results.
@@ -65,6 +69,7 @@ class USAIDModel(SRModel):
     """
 
     _inference_net = None  # set for the duration of a validation
+    cri_usa = None  # set by init_training_settings when training with usa_opt
 
     def __init__(self, opt):
         if opt.get('keep_freed_memory', True):
@@ -175,8 +180,12 @@ class USAIDModel(SRModel):
         return current_iter % (self.opt.get('logger') or {}).get('print_freq', 1) == 0
 
     def get_current_log(self):
-        """The last step's losses, averaged over processes (a collective: every rank calls it at print time)."""
-        return self.reduce_loss_dict(self.loss_terms)
+        """The last step's losses, averaged over processes (a collective: every rank calls it at print time), and
+        the learning rate, which BasicSR prints but does not give TensorBoard (its MessageLogger logs every key here:
+        ``losses/l_*`` and ``lr``)."""
+        log = self.reduce_loss_dict(self.loss_terms)
+        log['lr'] = self.get_current_learning_rate()[0]
+        return log
 
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
         """SRModel's validation, keeping each image's metrics (for the CSV) instead of only their running sum."""
@@ -199,6 +208,8 @@ class USAIDModel(SRModel):
                 rows.append(row)
                 if save_img:
                     imwrite(output, self._visualization_path(dataset_name, img_name, current_iter))
+                if tb_logger is not None and len(rows) <= self.opt['val'].get('tb_images', 3):
+                    self._log_images(tb_logger, f'{dataset_name}/{img_name}', current_iter)
                 del self.lq, self.output
                 self.__dict__.pop('gt', None)
         finally:
@@ -211,6 +222,24 @@ class USAIDModel(SRModel):
             self._log_validation_metric_values(current_iter, dataset_name, tb_logger)
         if not self.opt['is_train']:
             self._write_metrics_csv(dataset_name, rows)
+
+    def _log_images(self, tb_logger, tag, current_iter):
+        """The noisy input, output and ground truth of one validation image, and the USA network's segmentation and
+        uncertainty of the output (colours of :mod:`usaid.visual`), under ``<dataset>/<image>/<kind>``."""
+        for kind, image in (('noisy', self.lq), ('output', self.output), ('gt', getattr(self, 'gt', None))):
+            if image is not None:
+                tb_logger.add_image(f'{tag}/{kind}', image[0].detach().float().clamp(0, 1).cpu(), current_iter)
+        if self.cri_usa is not None:
+            try:
+                labels, uncertainty = self.cri_usa.segmentation_maps(self.output.float())
+            except ValueError as error:  # BatchNorm with batch statistics needs more than 1x1 at the deepest stage
+                get_root_logger().warning(f'{tag}: no segmentation in TensorBoard: the USA network cannot segment '
+                                          f'this image alone ({error}).')
+                return
+            num_classes = getattr(self.cri_usa.net, 'num_classes', int(labels.max()) + 1)
+            segmentation, confidence = colour_maps(labels[0].cpu(), uncertainty[0].cpu(), num_classes)
+            tb_logger.add_image(f'{tag}/segmentation', segmentation, current_iter, dataformats='HWC')
+            tb_logger.add_image(f'{tag}/uncertainty', confidence, current_iter, dataformats='HWC')
 
     def _visualization_path(self, dataset_name, img_name, current_iter):
         """Where BasicSR's SRModel saves a validation image."""

@@ -22,39 +22,22 @@ matplotlib.use('Agg')  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 import yaml  # noqa: E402
 from basicsr.metrics import calculate_psnr, calculate_ssim  # noqa: E402
 from basicsr.utils import tensor2img  # noqa: E402
 from basicsr.utils.options import ordered_yaml  # noqa: E402
-from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from usaid.archs.usanet_arch import BACKBONES, USANet  # noqa: E402
+from usaid.archs.usanet_arch import BACKBONES  # noqa: E402
 from usaid.data.gaussian_noise_dataset import add_protocol_noise  # noqa: E402
 from usaid.errors import CheckpointError  # noqa: E402
 from usaid.inference import InferenceNetwork  # noqa: E402
+from usaid.losses.usa_loss import USALoss  # noqa: E402
 from usaid.tools.denoise import denoise, load_denoiser, read_image  # noqa: E402
+from usaid.visual import class_colours  # noqa: E402
 
 PANEL_INCHES = 3.0
 DPI = 100
-
-
-def segment(usa_net, image):
-    """``(labels, uncertainty)`` of a (1, 3, H, W) image in [0, 1] at full resolution: the arg-max class and
-    ``1 - p*`` of the USA network's logits, upsampled bilinearly from its stride of 4."""
-    with torch.inference_mode():
-        logits = usa_net(image.clamp(0, 1))
-        logits = F.interpolate(logits, size=image.shape[-2:], mode='bilinear', align_corners=False)
-        confidence, labels = torch.softmax(logits, dim=1).max(dim=1)
-    return labels[0].numpy(), (1 - confidence[0]).numpy()
-
-
-def class_colours(num_classes):
-    """K distinct colours: evenly spaced hues of matplotlib's HSV map, alternately bright and dark."""
-    hues = plt.get_cmap('hsv')(np.linspace(0, 1, num_classes, endpoint=False))
-    hues[1::2, :3] *= 0.6
-    return ListedColormap(hues)
 
 
 def default_crop(height, width):
@@ -76,7 +59,7 @@ def visualize(image_path, weights, names=None, out_path='usaid_visualize.png', a
     noisy = clean if add_noise is None else torch.from_numpy(
         add_protocol_noise(rgb, add_noise, seed).astype(np.float32)).permute(2, 0, 1)[None]
 
-    usa_net = USANet(**(usa_opt or {})).to(device)
+    usa_loss = USALoss(network={'type': 'USANet', **(usa_opt or {})}).to(device)
     images = [('noisy input' if add_noise is not None else 'input', noisy)]
     if add_noise is not None:
         images.append(('clean', clean))
@@ -89,12 +72,13 @@ def visualize(image_path, weights, names=None, out_path='usaid_visualize.png', a
     rows = []
     for name, tensor in images:
         row = {'name': name, 'image': tensor2img(tensor, rgb2bgr=False)}
-        row['labels'], row['uncertainty'] = segment(usa_net, tensor.to(device))
+        labels, uncertainty = usa_loss.segmentation_maps(tensor.to(device))
+        row['labels'], row['uncertainty'] = labels[0].cpu().numpy(), uncertainty[0].cpu().numpy()
         if reference is not None and name != 'clean':
             row['psnr'] = calculate_psnr(row['image'], reference, crop_border=0, input_order='HWC')
             row['ssim'] = calculate_ssim(row['image'], reference, crop_border=0, input_order='HWC')
         rows.append(row)
-    draw(rows, usa_net.classifier.out_channels, crop or default_crop(*rgb.shape[:2]), out_path)
+    draw(rows, usa_loss.net.num_classes, crop or default_crop(*rgb.shape[:2]), out_path)
     return rows
 
 
