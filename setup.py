@@ -63,6 +63,7 @@ setup(
             'usaid-denoise = usaid.tools.denoise:main',
             'usaid-make-lmdb = usaid.tools.make_lmdb:main',
             'usaid-visualize = usaid.tools.visualize:main',
+            'usaid-plot-log = usaid.tools.plot_log:main',
         ],
     },
 )
