@@ -64,6 +64,7 @@ setup(
             'usaid-make-lmdb = usaid.tools.make_lmdb:main',
             'usaid-visualize = usaid.tools.visualize:main',
             'usaid-plot-log = usaid.tools.plot_log:main',
+            'usaid-compare = usaid.tools.compare:main',
         ],
     },
 )

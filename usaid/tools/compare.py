@@ -1,0 +1,287 @@
+"""``usaid-compare -m NAME=MODEL ... -d DATASET ... -s 15 25 50 -o OUT``: several models on the same test sets.
+
+Each MODEL is a checkpoint (``.pth``: U-SAID's architecture; the authors' released files work too), an option file
+whose ``network_g`` and ``path: pretrain_network_g`` define any BasicSR architecture and its weights, or an
+experiment folder of a training run (``experiments/<name>``: its option file and ``models/net_g_latest.pth``).
+Each DATASET is a folder of clean images. For every model, dataset and sigma, BasicSR's test path runs (the
+dataset, dataloader and model that ``usaid-test`` builds, and the model's ``validation``) with the literature's
+protocol: ``GaussianNoiseDataset``, noise seeded with 0 per image, PSNR and SSIM on RGB without border crop, and
+NIQE where every image is at least 192 x 192 (two of NIQE's 96 x 96 blocks each way; with one block it is undefined).
+
+Written to OUT: ``compare.md`` (one row per dataset, sigma and metric, one column per model, the best in bold),
+``compare.csv`` (the same numbers: the test pipeline's own averages), ``compare_psnr.png`` (grouped bars), and
+``compare_crops.png`` (the same crop of the first image of the first dataset from every model). Results are cached
+in ``OUT/cache``, keyed by the checkpoint's SHA-256, the network options, the dataset's files, sigma and the
+protocol; a model evaluated before is not run again.
+"""
+import argparse
+import copy
+import csv
+import glob
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from os import path as osp
+
+import matplotlib
+
+matplotlib.use('Agg')  # files only: no display needed
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from basicsr.data import build_dataloader, build_dataset  # noqa: E402
+from basicsr.models import build_model  # noqa: E402
+from basicsr.utils.options import ordered_yaml  # noqa: E402
+from PIL import Image  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from usaid.checkpoint import load_checkpoint  # noqa: E402
+from usaid.data.gaussian_noise_dataset import add_protocol_noise, collect_images  # noqa: E402
+from usaid.errors import USAIDError  # noqa: E402
+from usaid.options import check_options  # noqa: E402
+
+METRICS = {
+    'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
+    'ssim': {'type': 'calculate_ssim', 'crop_border': 0, 'test_y_channel': False},
+    'niqe': {'type': 'calculate_niqe', 'crop_border': 0, 'better': 'lower'},
+}
+# BasicSR's NIQE fits a covariance over 96 x 96 blocks: one block gives NaN; two in each direction are enough
+NIQE_MIN_SIZE = 192
+PROTOCOL = {'noise_seed': 0, 'metrics': METRICS, 'version': 1}
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def resolve_model(spec):
+    """``(network_g options, checkpoint path, param_key)`` of a checkpoint, an option file or an experiment folder."""
+    if osp.isdir(spec):
+        options = sorted(glob.glob(osp.join(spec, '*.yml')))
+        weights = osp.join(spec, 'models', 'net_g_latest.pth')
+        if not options or not osp.isfile(weights):
+            raise ValueError(f'{spec}: expected an experiment folder with its option file (*.yml) and '
+                             'models/net_g_latest.pth.')
+        with open(options[0]) as f:
+            opt = yaml.load(f, Loader=ordered_yaml()[0])
+        return dict(opt['network_g']), weights, 'params_ema' if (opt.get('train') or {}).get('ema_decay') else 'params'
+    if spec.endswith(('.yml', '.yaml')):
+        with open(spec) as f:
+            opt = yaml.load(f, Loader=ordered_yaml()[0])
+        path_opt = opt.get('path') or {}
+        weights = path_opt.get('pretrain_network_g')
+        if not weights:
+            raise ValueError(f'{spec}: path:pretrain_network_g is empty; expected the checkpoint to compare.')
+        return dict(opt['network_g']), weights, path_opt.get('param_key_g', 'params')
+    if osp.isfile(spec):
+        return {'type': 'USAID'}, spec, 'params'
+    raise ValueError(f'{spec}: no such file or folder; expected a checkpoint, an option file or an experiment folder.')
+
+
+def _as_basicsr_checkpoint(weights, network_opt, folder):
+    """The authors' released files are bare state dicts: converted once (into ``folder``) so BasicSR can load them."""
+    checkpoint = load_checkpoint(weights)
+    if isinstance(checkpoint, dict) and ('params' in checkpoint or 'params_ema' in checkpoint):
+        return weights
+    from usaid.tools.convert import to_basicsr
+    arch = {k: v for k, v in network_opt.items() if k != 'type'}
+    converted = osp.join(folder, f'{_sha256(weights)[:16]}.pth')
+    torch.save({'params': to_basicsr(checkpoint, weights, **arch)[0]}, converted)
+    return converted
+
+
+def dataset_key(root):
+    """What identifies a test set's content: its files' names and sizes."""
+    paths, _ = collect_images({'dataroot_gt': root, 'phase': 'test'})
+    listing = [(osp.relpath(p, root), osp.getsize(p)) for p in paths]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest(), paths
+
+
+def niqe_applies(paths):
+    """Whether every image is at least NIQE's block size."""
+    for path in paths:
+        with Image.open(path) as img:
+            if min(img.size) < NIQE_MIN_SIZE:
+                return False
+    return True
+
+
+def evaluate(name, network_opt, weights, param_key, root, dataset_name, sigma, metrics, work_dir, save_img):
+    """One model on one dataset at one sigma through BasicSR's test path; returns the averaged metrics (the test
+    pipeline's own ``metric_results``)."""
+    opt = {
+        'name': name, 'model_type': 'USAIDModel', 'num_gpu': torch.cuda.device_count(), 'manual_seed': 0,
+        'datasets': {'test_1': {'name': dataset_name, 'type': 'GaussianNoiseDataset', 'dataroot_gt': root,
+                                'io_backend': {'type': 'disk'}, 'sigma_type': 'fixed', 'sigma': sigma,
+                                'noise_seed': PROTOCOL['noise_seed']}},
+        'network_g': copy.deepcopy(network_opt),
+        'path': {'pretrain_network_g': weights, 'strict_load_g': True, 'param_key_g': param_key},
+        'val': {'save_img': save_img, 'suffix': name, 'metrics': copy.deepcopy({m: METRICS[m] for m in metrics})},
+    }
+    check_options(opt, f'usaid-compare: {name}', is_train=False)
+    results_root = osp.join(work_dir, name)
+    opt.update(is_train=False, dist=False, rank=0, world_size=1, auto_resume=False)
+    opt['path'].update(results_root=results_root, log=results_root, visualization=osp.join(results_root, 'images'))
+    opt['datasets']['test_1']['phase'] = 'test'
+    os.makedirs(results_root, exist_ok=True)
+    test_set = build_dataset(opt['datasets']['test_1'])
+    loader = build_dataloader(test_set, opt['datasets']['test_1'], num_gpu=opt['num_gpu'], dist=False, sampler=None,
+                              seed=0)
+    model = build_model(opt)
+    model.validation(loader, current_iter=name, tb_logger=None, save_img=save_img)
+    return {metric: float(value) for metric, value in model.metric_results.items()}
+
+
+def compare(models, datasets, sigmas, out_dir, use_cache=True, niqe='auto', crop_sigma=None):
+    """Run (or reuse) every job; write the table, CSV and figures; return the rows of ``compare.csv`` and how many
+    jobs came from the cache."""
+    os.makedirs(osp.join(out_dir, 'cache'), exist_ok=True)
+    work_dir = osp.join(out_dir, 'runs')
+    resolved = {}
+    with tempfile.TemporaryDirectory() as converted:
+        for name, spec in models.items():
+            network_opt, weights, param_key = resolve_model(spec)
+            if not osp.isfile(weights):
+                raise ValueError(f'{name}: checkpoint {weights} does not exist.')
+            resolved[name] = (network_opt, weights, param_key)
+        sets = {}
+        for root in datasets:
+            key, paths = dataset_key(root)
+            metrics = ['psnr', 'ssim'] + (['niqe'] if niqe == 'on' or (niqe == 'auto' and niqe_applies(paths)) else [])
+            sets[root] = (key, paths, metrics)
+        crop_sigma = crop_sigma if crop_sigma is not None else sigmas[len(sigmas) // 2]
+        jobs = [(name, root, sigma) for name in models for root in datasets for sigma in sigmas]
+        rows, crops_from, reused = [], {}, 0
+        progress = tqdm(jobs, unit='job', desc='usaid-compare')
+        for name, root, sigma in progress:
+            network_opt, weights, param_key = resolved[name]
+            key, paths, metrics = sets[root]
+            cache_key = hashlib.sha256(json.dumps(
+                [_sha256(weights), network_opt, param_key, key, sigma, metrics, PROTOCOL], sort_keys=True,
+                default=str).encode()).hexdigest()
+            cache_file = osp.join(out_dir, 'cache', f'{cache_key}.json')
+            dataset_name = f'{osp.basename(osp.normpath(root))}_sigma{sigma:g}'
+            save_img = root == datasets[0] and sigma == crop_sigma
+            crop_image = osp.join(work_dir, name, 'images', dataset_name,
+                                  f'{osp.splitext(osp.basename(paths[0]))[0]}_{name}.png')
+            progress.set_postfix_str(f'{name} {dataset_name}')
+            if use_cache and osp.isfile(cache_file) and (not save_img or osp.isfile(crop_image)):
+                with open(cache_file) as f:
+                    values = json.load(f)
+                reused += 1
+            else:
+                weights_file = _as_basicsr_checkpoint(weights, network_opt, converted)
+                values = evaluate(name, network_opt, weights_file, param_key, root, dataset_name, sigma, metrics,
+                                  work_dir, save_img)
+                with open(cache_file + '.partial', 'w') as f:
+                    json.dump(values, f)
+                os.replace(cache_file + '.partial', cache_file)
+            if save_img:
+                crops_from[name] = crop_image
+            for metric, value in values.items():
+                rows.append({'model': name, 'dataset': osp.basename(osp.normpath(root)), 'sigma': sigma,
+                             'metric': metric, 'value': value})
+    write_table(rows, list(models), out_dir)
+    plot_bars(rows, list(models), osp.join(out_dir, 'compare_psnr.png'))
+    first = sets[datasets[0]][1][0]
+    plot_crops(first, crop_sigma, crops_from, osp.join(out_dir, 'compare_crops.png'))
+    return rows, reused
+
+
+def write_table(rows, names, out_dir):
+    """``compare.csv`` (long format) and ``compare.md`` (datasets x sigmas x metrics by models, best in bold)."""
+    with open(osp.join(out_dir, 'compare.csv'), 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=['model', 'dataset', 'sigma', 'metric', 'value'])
+        writer.writeheader()
+        writer.writerows(rows)
+    table = {}
+    for row in rows:
+        table.setdefault((row['dataset'], row['sigma'], row['metric']), {})[row['model']] = row['value']
+    lines = ['| dataset | sigma | metric | ' + ' | '.join(names) + ' |', '|---|---|---|' + '---|' * len(names)]
+    for (dataset, sigma, metric), values in table.items():
+        pick = min if METRICS[metric].get('better') == 'lower' else max
+        best = pick(values.values())
+        digits = 4 if metric == 'ssim' else 2
+        cells = [(f'**{values[n]:.{digits}f}**' if values[n] == best else f'{values[n]:.{digits}f}')
+                 if n in values else '' for n in names]
+        lines.append(f'| {dataset} | {sigma:g} | {metric.upper()} | ' + ' | '.join(cells) + ' |')
+    with open(osp.join(out_dir, 'compare.md'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+
+
+def plot_bars(rows, names, out_path):
+    """PSNR per dataset and sigma, one bar per model."""
+    groups = sorted({(r['dataset'], r['sigma']) for r in rows}, key=lambda g: (g[0], g[1]))
+    psnr = {(r['model'], r['dataset'], r['sigma']): r['value'] for r in rows if r['metric'] == 'psnr'}
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups)), 4), dpi=100, layout='constrained')
+    for i, name in enumerate(names):
+        values = [psnr.get((name, d, s), np.nan) for d, s in groups]
+        bars = ax.bar(np.arange(len(groups)) + (i - (len(names) - 1) / 2) * width, values, width, label=name)
+        ax.bar_label(bars, fmt='%.2f', fontsize=7)
+    ax.set_xticks(np.arange(len(groups)), [f'{d}\nsigma {s:g}' for d, s in groups])
+    finite = [v for v in psnr.values() if np.isfinite(v)]
+    ax.set_ylim(min(finite) - 1, max(finite) + 0.5)
+    ax.set(ylabel='PSNR (dB)', title='PSNR by test set and noise level')
+    ax.legend(fontsize=8)
+    fig.savefig(out_path)
+    plt.close(fig)
+
+
+def plot_crops(clean_path, sigma, outputs, out_path):
+    """The same centred crop of one image: clean, noisy (the protocol's noise) and each model's output."""
+    clean = np.asarray(Image.open(clean_path).convert('RGB'))
+    height, width = clean.shape[:2]
+    size = max(16, min(height, width) // 3)
+    top, left = (height - size) // 2, (width - size) // 2
+    noisy = np.clip(add_protocol_noise(clean / 255., sigma, PROTOCOL['noise_seed']), 0, 1)
+    panels = [('clean', clean), (f'noisy, sigma {sigma:g}', noisy)]
+    panels += [(name, np.asarray(Image.open(path).convert('RGB'))) for name, path in outputs.items()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.5 * len(panels), 2.8), dpi=100, layout='constrained',
+                             squeeze=False)
+    for ax, (title, image) in zip(axes[0], panels):
+        ax.imshow(image[top:top + size, left:left + size], interpolation='nearest')
+        ax.set_title(title, fontsize=9)
+        ax.set_axis_off()
+    fig.savefig(out_path)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog='usaid-compare', description=__doc__.splitlines()[0])
+    parser.add_argument('-m', '--model', action='append', required=True, metavar='NAME=MODEL',
+                        help='a name and a checkpoint, option file or experiment folder (repeat for each model)')
+    parser.add_argument('-d', '--dataset', action='append', required=True, help='a folder of clean test images')
+    parser.add_argument('-s', '--sigma', type=float, nargs='+', default=[25], help='noise levels (0-255 scale)')
+    parser.add_argument('-o', '--output', default='results/compare', help='folder for the table, CSV and figures')
+    parser.add_argument('--niqe', choices=('auto', 'on', 'off'), default='auto',
+                        help='auto: where every image is at least 192 x 192')
+    parser.add_argument('--crop-sigma', type=float, help='the sigma of compare_crops.png (default: the middle one)')
+    parser.add_argument('--no-cache', dest='cache', action='store_false', help='recompute every job')
+    args = parser.parse_args(argv)
+    models = {}
+    for entry in args.model:
+        name, sep, spec = entry.partition('=')
+        if not sep or not name or not spec:
+            sys.exit(f'usaid-compare: --model {entry!r}: expected NAME=MODEL')
+        models[name] = spec
+    try:
+        rows, reused = compare(models, args.dataset, args.sigma, args.output, args.cache, args.niqe, args.crop_sigma)
+    except (ValueError, OSError, USAIDError) as error:
+        sys.exit(f'usaid-compare: {error}')
+    with open(osp.join(args.output, 'compare.md')) as f:
+        print(f.read())
+    print(f'{reused} of {len({(r["model"], r["dataset"], r["sigma"]) for r in rows})} jobs reused from the cache.')
+    print(f'Written: {", ".join(osp.join(args.output, n) for n in ("compare.md", "compare.csv", "compare_psnr.png", "compare_crops.png"))}')
+
+
+if __name__ == '__main__':
+    main()
