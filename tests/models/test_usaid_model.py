@@ -34,7 +34,7 @@ def test_losses_are_logged_separately_and_frozen_network_never_changes(image_fol
         model.feed_data(batch(image_folder))
         model.optimize_parameters(step)
     log = model.get_current_log()
-    assert set(log) == {'l_pix', 'l_usa', 'l_total'}
+    assert set(log) == {'l_pix', 'l_usa', 'l_total', 'lr'}  # lr: for TensorBoard, which BasicSR does not give it
     assert log['l_total'] == pytest.approx(log['l_pix'] + log['l_usa'], rel=1e-5)
     assert all(torch.equal(frozen[k], v) for k, v in usa_net.state_dict().items())
     assert any(not torch.equal(a, b) for a, b in zip(weights_before, model.net_g.parameters()))
@@ -71,7 +71,7 @@ def test_any_basicsr_network_and_adamw(image_folder, tmp_path):
     assert isinstance(model.optimizer_g, torch.optim.AdamW)
     model.feed_data(batch(image_folder))
     model.optimize_parameters(1)
-    assert set(model.get_current_log()) == {'l_pix', 'l_usa', 'l_total'}
+    assert set(model.get_current_log()) == {'l_pix', 'l_usa', 'l_total', 'lr'}
 
 
 def test_pixel_loss_is_required(image_folder, tmp_path):
