@@ -65,6 +65,7 @@ setup(
             'usaid-visualize = usaid.tools.visualize:main',
             'usaid-plot-log = usaid.tools.plot_log:main',
             'usaid-compare = usaid.tools.compare:main',
+            'usaid-segeval = usaid.tools.segeval:main',
         ],
     },
 )

@@ -1,0 +1,265 @@
+"""``usaid-segeval --voc VOC2012 -w NAME=MODEL ... -s 15 25 50``: segmentation quality after denoising (mIoU).
+
+The paper's second claim, as an evaluation of any denoiser with any segmentation network: each image gets the test
+protocol's noise (REFERENCE section 4: ``normal(0, sigma / 255)`` over the RGB float array, seeded with 0 per image,
+unclipped), is denoised by each model, and is segmented by a frozen network that never saw noise; ``clean`` (no
+noise) and ``noisy`` (no denoiser) are evaluated as references. What the segmentation network receives is an 8-bit
+image: the clean, noisy or denoised image clipped to [0, 1] and rounded, as if saved and reloaded.
+
+Data: a VOC layout (``JPEGImages/*.jpg``, ``SegmentationClass/*.png`` palette label maps, the list
+``ImageSets/Segmentation/<split>.txt``), or a folder pair (``--images``, ``--labels``, matched by file stem). Label
+255 is ignored. Images of any size are segmented at their own size; images of equal size are batched together.
+
+Segmentation network (``--segnet``): torchvision's ``deeplabv3_resnet50``, ``deeplabv3_resnet101``,
+``fcn_resnet50``, ``fcn_resnet101`` or ``lraspp_mobilenet_v3_large`` with their VOC-label weights (from
+torchvision's cache ``$TORCH_HOME/hub/checkpoints``, downloaded when possible, or ``--segnet-weights FILE``), or
+``package.module:factory``, any importable callable that returns an ``nn.Module`` whose output (a tensor or a dict
+with ``out``) is (N, classes, H, W) logits.
+
+Written to OUT: ``segeval.csv`` (sigma, method, mIoU, pixel accuracy, PSNR, one column per class IoU) and
+``segeval.md`` (the same as Markdown tables).
+"""
+import argparse
+import csv
+import importlib
+import os
+import sys
+from collections import defaultdict
+from os import path as osp
+
+import numpy as np
+import torch
+import torchvision
+from basicsr.metrics import calculate_psnr
+from PIL import Image
+from tqdm import tqdm
+
+from usaid.checkpoint import check_fits, load_checkpoint
+from usaid.data.gaussian_noise_dataset import add_protocol_noise
+from usaid.errors import CheckpointError, USAIDError
+from usaid.inference import InferenceNetwork
+from usaid.segmentation import VOC_CLASSES, confusion_matrix, segmentation_scores
+from usaid.tools.compare import resolve_model
+from usaid.tools.denoise import load_denoiser
+
+TORCHVISION_SEGNETS = ('deeplabv3_resnet50', 'deeplabv3_resnet101', 'fcn_resnet50', 'fcn_resnet101',
+                       'lraspp_mobilenet_v3_large')
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class SegevalError(USAIDError, ValueError):
+    """Bad data or a segmentation network that cannot be had."""
+
+
+def voc_pairs(root, split='val'):
+    """``(image, label)`` paths of a VOC split."""
+    list_file = osp.join(root, 'ImageSets', 'Segmentation', f'{split}.txt')
+    if not osp.isfile(list_file):
+        raise SegevalError(f'{list_file} does not exist; expected a VOC layout (JPEGImages, SegmentationClass, '
+                           'ImageSets/Segmentation/<split>.txt).')
+    with open(list_file) as f:
+        names = [line.split()[0] for line in f if line.strip()]
+    pairs = [(osp.join(root, 'JPEGImages', f'{n}.jpg'), osp.join(root, 'SegmentationClass', f'{n}.png')) for n in names]
+    missing = [p for pair in pairs for p in pair if not osp.isfile(p)]
+    if missing:
+        raise SegevalError(f'{list_file}: {len(missing)} listed file(s) do not exist, e.g. {missing[0]}.')
+    return pairs
+
+
+def folder_pairs(images, labels):
+    """``(image, label)`` paths of two folders, matched by file stem."""
+    label_of = {osp.splitext(n)[0]: osp.join(labels, n) for n in os.listdir(labels) if n.lower().endswith('.png')}
+    pairs = [(osp.join(images, n), label_of.get(osp.splitext(n)[0])) for n in sorted(os.listdir(images))
+             if n.lower().endswith(('.jpg', '.jpeg', '.png', '.bmp'))]
+    unmatched = [image for image, label in pairs if label is None]
+    if unmatched or not pairs:
+        raise SegevalError(f'{labels}: no label PNG for {len(unmatched)} image(s), e.g. {unmatched[0]}.' if unmatched
+                           else f'{images}: no images.')
+    return pairs
+
+
+def read_pair(image_path, label_path):
+    """RGB float64 array in [0, 1] and the label map (int64; palette indices of a VOC PNG)."""
+    with Image.open(image_path) as img:
+        rgb = np.asarray(img.convert('RGB'), dtype=np.float64) / 255.
+    with Image.open(label_path) as lbl:
+        if lbl.mode not in ('P', 'L'):
+            raise SegevalError(f'{label_path}: a {lbl.mode} image; expected a palette (P) or gray (L) PNG of class '
+                               'indices, as VOC SegmentationClass.')
+        label = np.asarray(lbl, dtype=np.int64)
+    if label.shape != rgb.shape[:2]:
+        raise SegevalError(f'{label_path}: {label.shape[0]}x{label.shape[1]}, but {image_path} is '
+                           f'{rgb.shape[0]}x{rgb.shape[1]}; expected the same size.')
+    return rgb, label
+
+
+def _torchvision_state(name):
+    """The VOC-label weights of a torchvision segmentation model, from its cache (downloaded when possible)."""
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    path = osp.join(torch.hub.get_dir(), 'checkpoints', osp.basename(weights.url))
+    try:
+        return torch.hub.load_state_dict_from_url(weights.url, map_location='cpu', weights_only=True)
+    except (OSError, RuntimeError) as error:  # offline (URLError is an OSError), or a corrupt download
+        raise SegevalError(f'--segnet {name}: its weights are neither in torchvision\'s cache nor downloadable here '
+                           f'({error}). Download {weights.url} and put it at {path} ($TORCH_HOME/hub/checkpoints), '
+                           'or pass --segnet-weights FILE.') from error
+
+
+def build_segnet(name, weights_file=None):
+    """The frozen segmentation network, in eval mode."""
+    if ':' in name:
+        module, _, attr = name.partition(':')
+        try:
+            net = getattr(importlib.import_module(module), attr)()
+        except (ImportError, AttributeError) as error:
+            raise SegevalError(f'--segnet {name}: cannot be imported ({error}); expected package.module:callable.')
+        if weights_file:
+            net.load_state_dict(load_checkpoint(weights_file))
+    elif name in TORCHVISION_SEGNETS:
+        state = load_checkpoint(weights_file) if weights_file else _torchvision_state(name)
+        aux = {'aux_loss': True} if any(k.startswith('aux_classifier') for k in state) else {}
+        net = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=len(VOC_CLASSES),
+                                           **aux)
+        check_fits(net, state, weights_file or name)
+        net.load_state_dict(state)
+    else:
+        raise SegevalError(f'--segnet {name}: expected one of {", ".join(TORCHVISION_SEGNETS)} or '
+                           'package.module:callable.')
+    if not isinstance(net, torch.nn.Module):
+        raise SegevalError(f'--segnet {name}: returned a {type(net).__name__}; expected an nn.Module.')
+    return net.eval().requires_grad_(False)
+
+
+def to_8bit(image):
+    """What a saved and reloaded image would be: clipped to [0, 1], rounded to 8 bits."""
+    return (image.clamp(0, 1) * 255).round() / 255
+
+
+def batches_by_size(pairs, batch_size):
+    """Indices of ``pairs`` grouped into batches of equal image size (exact batching, no padding)."""
+    by_size = defaultdict(list)
+    for index, (image_path, _) in enumerate(pairs):
+        with Image.open(image_path) as img:
+            by_size[img.size].append(index)
+    return [group[i:i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
+
+
+def segeval(pairs, denoisers, sigmas, segnet, device='cpu', batch_size=4, normalize=True):
+    """``{(sigma, method): {'miou', 'pixel_accuracy', 'iou', 'psnr'}}`` for methods clean, noisy and each denoiser
+    (``{name: nn.Module}``); sigma None for clean."""
+    segnet = segnet.to(device)
+    mean = torch.tensor(IMAGENET_MEAN if normalize else (0., 0., 0.), device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD if normalize else (1., 1., 1.), device=device).view(1, 3, 1, 1)
+    num_classes = len(VOC_CLASSES)
+    confusions = defaultdict(lambda: torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device))
+    psnrs = defaultdict(list)
+    groups = batches_by_size(pairs, batch_size)
+    jobs = [(None, group) for group in groups] + [(sigma, group) for sigma in sigmas for group in groups]
+
+    def segment(method, sigma, images, labels, clean):
+        with torch.inference_mode():
+            output = segnet((images - mean) / std)
+        logits = output['out'] if isinstance(output, dict) else output
+        confusions[(sigma, method)] += confusion_matrix(logits.argmax(1), labels, num_classes)
+        if clean is not None:
+            for image, reference in zip(images, clean):
+                psnrs[(sigma, method)].append(calculate_psnr(
+                    (image.permute(1, 2, 0).cpu().numpy() * 255).round(), reference, crop_border=0))
+
+    for sigma, group in tqdm(jobs, unit='batch', desc='usaid-segeval'):
+        read = [read_pair(*pairs[i]) for i in group]
+        labels = torch.from_numpy(np.stack([label for _, label in read])).to(device)
+        clean = torch.from_numpy(np.stack([rgb for rgb, _ in read])).permute(0, 3, 1, 2).float().to(device)
+        if sigma is None:
+            segment('clean', None, to_8bit(clean), labels, None)
+            continue
+        references = [(rgb * 255).round() for rgb, _ in read]
+        noisy = torch.from_numpy(np.stack([add_protocol_noise(rgb, sigma, 0) for rgb, _ in read])).permute(
+            0, 3, 1, 2).float().to(device)
+        segment('noisy', sigma, to_8bit(noisy), labels, references)
+        for name, net in denoisers.items():
+            with torch.inference_mode():
+                denoised = net(noisy)
+            segment(name, sigma, to_8bit(denoised), labels, references)
+
+    results = {}
+    for key, confusion in confusions.items():
+        results[key] = {**segmentation_scores(confusion.cpu()),
+                        'psnr': float(np.mean(psnrs[key])) if psnrs[key] else float('nan')}
+    return results
+
+
+def write_results(results, out_dir):
+    """``segeval.csv`` and ``segeval.md``."""
+    os.makedirs(out_dir, exist_ok=True)
+    rows = []
+    for (sigma, method), scores in results.items():
+        row = {'sigma': '' if sigma is None else f'{sigma:g}', 'method': method, 'miou': scores['miou'],
+               'pixel_accuracy': scores['pixel_accuracy'], 'psnr': scores['psnr']}
+        row.update({f'iou_{c}': v for c, v in zip(VOC_CLASSES, scores['iou'])})
+        rows.append(row)
+    with open(osp.join(out_dir, 'segeval.csv'), 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ['| sigma | method | mIoU (%) | pixel accuracy (%) | PSNR (dB) |', '|---|---|---|---|---|']
+    for row in rows:
+        psnr = '' if np.isnan(row['psnr']) else f"{row['psnr']:.2f}"
+        lines.append(f"| {row['sigma'] or '-'} | {row['method']} | {100 * row['miou']:.2f} | "
+                     f"{100 * row['pixel_accuracy']:.2f} | {psnr} |")
+    lines += ['', '| sigma | method | ' + ' | '.join(VOC_CLASSES) + ' |', '|---|---|' + '---|' * len(VOC_CLASSES)]
+    for row in rows:
+        ious = ['' if np.isnan(row[f'iou_{c}']) else f"{100 * row[f'iou_{c}']:.1f}" for c in VOC_CLASSES]
+        lines.append(f"| {row['sigma'] or '-'} | {row['method']} | " + ' | '.join(ious) + ' |')
+    with open(osp.join(out_dir, 'segeval.md'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog='usaid-segeval', description=__doc__.splitlines()[0])
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument('--voc', help='a VOC root (JPEGImages, SegmentationClass, ImageSets/Segmentation)')
+    data.add_argument('--images', help='a folder of images (with --labels)')
+    parser.add_argument('--labels', help='a folder of label PNGs named like the images')
+    parser.add_argument('--split', default='val', help='the VOC list to read (default: val)')
+    parser.add_argument('-w', '--model', action='append', default=[], metavar='NAME=MODEL',
+                        help='a denoiser: a checkpoint, an option file or an experiment folder (repeatable)')
+    parser.add_argument('-s', '--sigma', type=float, nargs='+', default=[15, 25, 50], help='noise levels (0-255)')
+    parser.add_argument('--segnet', default='deeplabv3_resnet101',
+                        help=f'{", ".join(TORCHVISION_SEGNETS)}, or package.module:callable')
+    parser.add_argument('--segnet-weights', help='a local state dict for --segnet (default: torchvision\'s cache)')
+    parser.add_argument('--no-segnet-norm', dest='normalize', action='store_false',
+                        help='feed [0, 1] images without ImageNet normalisation (for networks trained so)')
+    parser.add_argument('--batch-size', type=int, default=4)
+    parser.add_argument('--limit', type=int, help='only the first N images (a quick run)')
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('-o', '--output', default='results/segeval')
+    args = parser.parse_args(argv)
+    try:
+        if args.voc:
+            pairs = voc_pairs(args.voc, args.split)
+        elif not args.labels:
+            raise SegevalError('--images needs --labels.')
+        else:
+            pairs = folder_pairs(args.images, args.labels)
+        pairs = pairs[:args.limit] if args.limit else pairs
+        denoisers = {}
+        for entry in args.model:
+            name, sep, spec = entry.partition('=')
+            if not sep or name in ('clean', 'noisy'):
+                raise SegevalError(f'--model {entry!r}: expected NAME=MODEL with a NAME other than clean and noisy.')
+            network_opt, weights, _ = resolve_model(spec)
+            denoisers[name] = InferenceNetwork(load_denoiser(weights, network_opt, args.device))
+        segnet = build_segnet(args.segnet, args.segnet_weights)
+        results = segeval(pairs, denoisers, args.sigma, segnet, args.device, args.batch_size, args.normalize)
+    except (USAIDError, ValueError, CheckpointError, OSError) as error:
+        sys.exit(f'usaid-segeval: {error}')
+    write_results(results, args.output)
+    with open(osp.join(args.output, 'segeval.md')) as f:
+        print(f.read().split('\n\n')[0])
+    print(f'{len(pairs)} images; written: {osp.join(args.output, "segeval.csv")}, {osp.join(args.output, "segeval.md")}')
+
+
+if __name__ == '__main__':
+    main()
