@@ -7,8 +7,9 @@ import pytest
 import torch
 from basicsr.archs import build_network
 
-from tests.conftest import console_script, run, smooth_image, write_options
+from tests.conftest import CHECKPOINTS, console_script, run, smooth_image, write_options
 from usaid.tools.compare import compare
+from usaid.tools.convert import convert
 
 TINY_USAID = {'type': 'USAID', 'num_feat': 8, 'num_layers': 3}
 # BasicSR's own RIDNet, on [0, 1] images around its global residual (its defaults expect a 0-255 range)
@@ -84,3 +85,12 @@ def test_results_are_reused_until_a_checkpoint_changes(test_set, tmp_path):
     assert reused == 1
     assert [r for r in changed if r['model'] == 'a'] == [r for r in first if r['model'] == 'a']
     assert [r for r in changed if r['model'] == 'b'] != [r for r in first if r['model'] == 'b']
+
+
+@pytest.mark.skipif(not CHECKPOINTS.exists(), reason='released checkpoints not found')
+def test_a_released_file_gives_the_results_of_its_converted_checkpoint(test_set, tmp_path):
+    convert(str(CHECKPOINTS / 'USAID.pth'), str(tmp_path / 'converted.pth'))
+    models = {'released': str(CHECKPOINTS / 'USAID.pth'), 'converted': str(tmp_path / 'converted.pth')}
+    rows, _ = compare(models, [test_set], [25], str(tmp_path / 'out'), niqe='off')
+    by_model = {(r['model'], r['metric']): r['value'] for r in rows}
+    assert by_model[('released', 'psnr')] == by_model[('converted', 'psnr')] > 22  # the noisy input: ~20.2 dB

@@ -43,6 +43,7 @@ from usaid.checkpoint import load_checkpoint  # noqa: E402
 from usaid.data.gaussian_noise_dataset import add_protocol_noise, collect_images  # noqa: E402
 from usaid.errors import USAIDError  # noqa: E402
 from usaid.options import check_options  # noqa: E402
+from usaid.tools.convert import convert  # noqa: E402
 
 METRICS = {
     'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
@@ -91,10 +92,8 @@ def _as_basicsr_checkpoint(weights, network_opt, folder):
     checkpoint = load_checkpoint(weights)
     if isinstance(checkpoint, dict) and ('params' in checkpoint or 'params_ema' in checkpoint):
         return weights
-    from usaid.tools.convert import to_basicsr
-    arch = {k: v for k, v in network_opt.items() if k != 'type'}
     converted = osp.join(folder, f'{_sha256(weights)[:16]}.pth')
-    torch.save({'params': to_basicsr(checkpoint, weights, **arch)[0]}, converted)
+    convert(weights, converted, overwrite=True, **{k: v for k, v in network_opt.items() if k != 'type'})
     return converted
 
 
