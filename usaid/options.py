@@ -180,6 +180,16 @@ class _Checker:
                                      f'{what} registry{_closest(name, registry.keys())}')
         return None
 
+    def typed(self, opt, path, classes, expected, passed=()):
+        """The class ``classes[opt['type']]`` (a name table that is not a BasicSR registry), with the other keys
+        checked against its signature; records a problem naming ``expected`` and returns None otherwise."""
+        name = opt.get('type')
+        if not isinstance(name, str) or name not in classes:
+            self.problem(f'{path}:type', f'{_found(name)}; expected {expected}')
+            return None
+        self.arguments(opt, path, classes[name], passed=passed)
+        return classes[name]
+
     def arguments(self, opt, path, target, passed=(), skip=('type',)):
         """The keys of ``opt`` against the signature of ``target`` (a class or function): unknown names, values whose
         type differs from the default's, required arguments that are missing. ``passed`` arguments come from the
@@ -428,25 +438,15 @@ class _Checker:
         if 'precision' in train:
             self.choice(train, 'precision', 'train:precision', PRECISIONS)
         optim = self.mapping(train, 'optim_g', 'train:optim_g')
-        if optim is not None:
-            name = optim.get('type')
-            if not isinstance(name, str) or name not in _OPTIMIZERS:
-                self.problem('train:optim_g:type', f'{_found(name)}; expected an optimizer of torch.optim'
-                                                   f'{_closest(name, _OPTIMIZERS)}')
-            else:
-                self.number(optim, 'lr', 'train:optim_g:lr', required=True, minimum=0)
-                self.arguments(optim, 'train:optim_g', _OPTIMIZERS[name], passed=('params',))
+        if optim is not None and self.typed(optim, 'train:optim_g', _OPTIMIZERS, 'an optimizer of torch.optim'
+                                            f"{_closest(optim.get('type'), _OPTIMIZERS)}", passed=('params',)):
+            self.number(optim, 'lr', 'train:optim_g:lr', required=True, minimum=0)
         scheduler = self.mapping(train, 'scheduler', 'train:scheduler')  # BasicSR's models all set one up
-        if scheduler is not None:
-            name = scheduler.get('type')
-            if not isinstance(name, str) or name not in _SCHEDULERS:
-                self.problem('train:scheduler:type', f"{_found(name)}; expected one of BasicSR's schedulers: "
-                                                     f"{', '.join(_SCHEDULERS)}")
-            else:
-                self.arguments(scheduler, 'train:scheduler', _SCHEDULERS[name], passed=('optimizer',))
-                milestones = scheduler.get('milestones', [])
-                if not (isinstance(milestones, list) and all(_is_int(m) and m >= 0 for m in milestones)):
-                    self.problem('train:scheduler:milestones', f'{_found(milestones)}; expected a list of iterations')
+        if scheduler is not None and self.typed(scheduler, 'train:scheduler', _SCHEDULERS, "one of BasicSR's "
+                                                f"schedulers: {', '.join(_SCHEDULERS)}", passed=('optimizer',)):
+            milestones = scheduler.get('milestones', [])
+            if not (isinstance(milestones, list) and all(_is_int(m) and m >= 0 for m in milestones)):
+                self.problem('train:scheduler:milestones', f'{_found(milestones)}; expected a list of iterations')
         losses = [key for key in train if str(key).endswith('_opt')]
         if model_type == 'USAIDModel' and not isinstance(train.get('pixel_opt'), dict):
             self.problem('train:pixel_opt', f"{_found(train.get('pixel_opt')) if 'pixel_opt' in train else 'missing'}; "
