@@ -106,3 +106,27 @@ def file_size_limit(max_bytes):
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
         signal.signal(signal.SIGXFSZ, previous)
+
+
+@pytest.fixture
+def basicsr_checkout(tmp_path):
+    """A BasicSR 1.4.2 checkout as cloned, not `setup.py develop`-ed: BasicSR's own files (copied from the installed
+    package, unedited), a VERSION file and no basicsr/version.py (setup.py generates it)."""
+    import shutil
+
+    import basicsr
+
+    checkout = tmp_path / 'BasicSR'
+    shutil.copytree(Path(basicsr.__file__).parent, checkout / 'basicsr',
+                    ignore=shutil.ignore_patterns('__pycache__', 'version.py'))
+    (checkout / 'VERSION').write_text('1.4.2\n')
+    return checkout
+
+
+# Every way to start BasicSR's training pipeline with U-SAID registered: (command, run from the checkout?). BasicSR's
+# own script roots its outputs at the checkout; `-m usaid.train` in a checkout root imports the checkout's basicsr.
+TRAIN_ENTRY_POINTS = {
+    'usaid-train': ([sys.executable, '-m', 'usaid.train'], False),
+    'basicsr/train.py': ([sys.executable, 'basicsr/train.py'], True),
+    'usaid.train in a checkout root': ([sys.executable, '-m', 'usaid.train'], True),
+}

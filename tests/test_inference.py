@@ -1,10 +1,13 @@
 """InferenceNetwork computes the trained network's function, faster: checked on random and on released weights."""
+import warnings
+
 import cv2
 import numpy as np
 import pytest
 import torch
 from basicsr.metrics import calculate_psnr
 from basicsr.utils import img2tensor, tensor2img
+import torch.nn.functional as F
 from torch import nn
 
 from tests.conftest import CHECKPOINTS, KODAK24
@@ -43,6 +46,8 @@ def test_same_function_as_the_trained_network(options):
 @pytest.mark.skipif(not winograd_available(), reason='this torch has no NNPACK')
 def test_batchnorm_is_folded_and_wide_convolutions_use_winograd():
     fast = InferenceNetwork(trained_like_denoiser())
+    with torch.inference_mode():
+        fast(torch.rand(1, 3, 24, 24))  # the fast copy is made by the first call
     modules = list(fast.net.modules())
     assert fast.conv_algo == 'winograd'
     assert not any(isinstance(m, nn.BatchNorm2d) for m in modules)
@@ -61,10 +66,9 @@ def test_untraceable_network_is_kept_unfolded_with_a_warning():
             return self.body(x) if x.mean() > 0 else x
 
     net = DataDependent().eval()
-    with pytest.warns(UserWarning, match='BatchNorm not folded'):
-        fast = InferenceNetwork(net)
+    fast = InferenceNetwork(net)
     image = torch.rand(1, 3, 16, 16)
-    with torch.inference_mode():
+    with torch.inference_mode(), pytest.warns(UserWarning, match='BatchNorm not folded'):
         assert torch.allclose(fast(image), net(image), atol=1e-5)
 
 
@@ -97,3 +101,81 @@ def test_released_usaid_psnr_is_kept_and_bf16_cost_is_bounded():
     plain, fast, bf16 = (np.mean(psnr[name]) for name in ('plain', 'fast', 'bf16'))
     assert abs(fast - plain) < 0.01, psnr
     assert 0 < plain - bf16 < 0.25, psnr
+
+
+class SelfAssigning(nn.Module):
+    """BatchNorm, plus an attribute assigned in ``forward``, as BasicSR's EDSR and SwinIR do (``self.mean = ...``):
+    tracing it with torch.fx replaces that attribute in the traced copy."""
+
+    def __init__(self):
+        super().__init__()
+        self.mean = torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1)
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.Conv2d(16, 3, 3, padding=1))
+
+    def forward(self, x):
+        self.mean = self.mean.type_as(x)
+        return self.body(x - self.mean) + self.mean
+
+
+def test_a_network_that_assigns_attributes_in_forward_computes_the_same():
+    torch.manual_seed(0)
+    net = SelfAssigning().eval()
+    net.body[1].running_mean.uniform_(-0.2, 0.2)
+    fast = InferenceNetwork(net)
+    image = torch.rand(2, 3, 29, 31)
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter('ignore')  # folding may be refused with a warning; the result is what counts
+        result = fast(image)
+        expected = net(image)
+    assert torch.allclose(result, expected, atol=1e-5), (result - expected).abs().max()
+    assert torch.is_tensor(net.mean)  # the original was never traced
+
+
+def test_nothing_is_traced_without_batchnorm(monkeypatch):
+    def no_trace(*args, **kwargs):
+        raise AssertionError('torch.fx was asked to fold a network without BatchNorm')
+
+    monkeypatch.setattr('usaid.inference.fuse', no_trace)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1)).eval()
+    fast = InferenceNetwork(net)
+    image = torch.rand(1, 3, 20, 20)
+    with torch.inference_mode():
+        assert torch.allclose(fast(image), net(image), atol=1e-5)
+
+
+class Unshuffling(nn.Module):
+    """A restorer that needs heights and widths divisible by 4, like RRDBNet at scale 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(48, 48, 3, padding=1)
+
+    def forward(self, x):
+        return x + 0.1 * F.pixel_shuffle(self.conv(F.pixel_unshuffle(x, 4)), 4)
+
+
+def test_sizes_a_network_cannot_take_are_padded_and_cropped_back():
+    torch.manual_seed(0)
+    net = Unshuffling().eval()
+    fast = InferenceNetwork(net)
+    with torch.inference_mode():
+        odd = torch.rand(1, 3, 37, 45)
+        assert fast(odd).shape == odd.shape
+        assert fast.size_multiple == 4
+        fitting = torch.rand(1, 3, 36, 44)  # a size the network takes: exactly its own output
+        assert torch.allclose(fast(fitting), net(fitting), atol=1e-5)
+        # padding changes only pixels near the padded border: away from it the result is the network's own
+        padded = F.pad(odd, (0, 3, 0, 3), mode='reflect')
+        assert torch.allclose(fast(odd)[..., :28, :36], net(padded)[..., :28, :36], atol=1e-5)
+
+
+@pytest.mark.parametrize('net, message', [
+    (nn.Sequential(nn.Conv2d(3, 12, 3, padding=1), nn.PixelShuffle(2)), 'maps a 1x3x41x43 image to 1x3x82x86'),
+    (nn.Sequential(nn.Conv2d(3, 1, 3, padding=1)), 'maps a 1x3x41x43 image to 1x1x41x43'),
+    (nn.Conv3d(3, 3, 3), 'cannot run on a 1x3x41x43 image'),
+])
+def test_a_network_that_is_no_restorer_at_scale_1_is_refused_with_what_it_does(net, message):
+    fast = InferenceNetwork(net)
+    with torch.inference_mode(), pytest.raises(ValueError, match=f'cannot be used as a denoiser: it {message}'):
+        fast(torch.rand(1, 3, 50, 50))

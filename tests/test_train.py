@@ -12,7 +12,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import console_script, run, smooth_image, tiny_options, write_options
+from tests.conftest import TRAIN_ENTRY_POINTS, console_script, run, smooth_image, tiny_options, write_options
 from usaid import compat
 
 
@@ -47,20 +47,23 @@ def test_usaid_train_writes_checkpoints_states_events_and_metrics(image_folder, 
     assert not [tag for tag in events.Tags()['images'] if tag.startswith('tiny_val/img3/')]  # tb_images: 3
 
 
-def test_run_interrupted_mid_epoch_and_resumed_ends_with_the_weights_of_an_uninterrupted_one(image_folder, tmp_path):
+@pytest.mark.parametrize('entry_point', TRAIN_ENTRY_POINTS)
+def test_run_interrupted_mid_epoch_and_resumed_ends_with_the_weights_of_an_uninterrupted_one(
+        entry_point, image_folder, tmp_path, basicsr_checkout):
     # 4 images x enlarge ratio 2 / batch 2 = 4 iterations an epoch; stopped at iteration 6, in the middle of the
-    # second epoch; two data workers
+    # second epoch; two data workers. The same through usaid-train and through BasicSR's own train.py, on CPU.
     def options(name, total_iter):
         opt = tiny_options(image_folder, name=name, total_iter=total_iter, num_worker_per_gpu=2,
                            dataset_enlarge_ratio=2)
         return write_options(opt, tmp_path / f'{name}_{total_iter}.yml')
 
-    train = [sys.executable, '-m', 'usaid.train', '-opt']
-    run(train + [str(options('straight', 10))], cwd=tmp_path)
-    run(train + [str(options('resumed', 6))], cwd=tmp_path)
-    run(train + [str(options('resumed', 10)), '--auto_resume'], cwd=tmp_path)
+    command, in_checkout = TRAIN_ENTRY_POINTS[entry_point]
+    cwd = basicsr_checkout if in_checkout else tmp_path
+    run(command + ['-opt', str(options('straight', 10))], cwd=cwd)
+    run(command + ['-opt', str(options('resumed', 6))], cwd=cwd)
+    run(command + ['-opt', str(options('resumed', 10)), '--auto_resume'], cwd=cwd)
 
-    experiments = tmp_path / 'experiments'
+    experiments = cwd / 'experiments'
     straight = torch.load(experiments / 'straight/models/net_g_10.pth', weights_only=True)
     resumed = torch.load(experiments / 'resumed/models/net_g_10.pth', weights_only=True)
     for key in ('params', 'params_ema'):
@@ -140,17 +143,21 @@ def test_sigkill_during_training_then_auto_resume_loses_at_most_one_checkpoint_i
     assert (states / f'{saved_iter + 3}.state').exists()
 
 
-def test_two_process_run_resumed_mid_epoch_matches_an_uninterrupted_one(image_folder, tmp_path):
+@pytest.mark.parametrize('program', [['-m', 'usaid.train'], ['basicsr/train.py']], ids=['usaid.train', 'train.py'])
+def test_two_process_run_resumed_mid_epoch_matches_an_uninterrupted_one(program, image_folder, tmp_path,
+                                                                        basicsr_checkout):
     def options(name, total_iter):
         opt = tiny_options(image_folder, name=name, total_iter=total_iter, dataset_enlarge_ratio=4)
         return write_options(opt, tmp_path / f'{name}_{total_iter}.yml')  # 2 ranks x batch 2: 4 iterations an epoch
 
-    torchrun = [console_script('torchrun'), '--standalone', '--nproc_per_node=2', '-m', 'usaid.train', '-opt']
-    run(torchrun + [str(options('straight', 8)), '--launcher', 'pytorch'], cwd=tmp_path)
-    run(torchrun + [str(options('resumed', 6)), '--launcher', 'pytorch'], cwd=tmp_path)
-    run(torchrun + [str(options('resumed', 8)), '--launcher', 'pytorch', '--auto_resume'], cwd=tmp_path)
-    straight = torch.load(tmp_path / 'experiments/straight/models/net_g_8.pth', weights_only=True)['params']
-    resumed = torch.load(tmp_path / 'experiments/resumed/models/net_g_8.pth', weights_only=True)['params']
+    # BasicSR's script from its checkout (outputs in the checkout); usaid.train from anywhere else
+    cwd = basicsr_checkout if program[0].endswith('.py') else tmp_path
+    torchrun = [console_script('torchrun'), '--standalone', '--nproc_per_node=2'] + program + ['-opt']
+    run(torchrun + [str(options('straight', 8)), '--launcher', 'pytorch'], cwd=cwd)
+    run(torchrun + [str(options('resumed', 6)), '--launcher', 'pytorch'], cwd=cwd)
+    run(torchrun + [str(options('resumed', 8)), '--launcher', 'pytorch', '--auto_resume'], cwd=cwd)
+    straight = torch.load(cwd / 'experiments/straight/models/net_g_8.pth', weights_only=True)['params']
+    resumed = torch.load(cwd / 'experiments/resumed/models/net_g_8.pth', weights_only=True)['params']
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 

@@ -15,8 +15,11 @@ import copy
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.fx.experimental.optimization import fuse
+
+from usaid.network_probe import PROBE_SIZE, pad_to_multiple, size_multiple
 
 CONV_ALGOS = ('auto', 'winograd', 'direct')
 PRECISIONS = ('fp32', 'bf16')
@@ -88,12 +91,19 @@ def resolve_conv_algo(conv_algo, device, precision):
 class InferenceNetwork(nn.Module):
     """An inference-only copy of a trained network (eval mode, no gradients) that computes the same function faster.
 
-    Call it under ``torch.inference_mode()``; it takes and returns float32 NCHW tensors like the original.
+    Call it under ``torch.inference_mode()``; it takes and returns float32 NCHW tensors like the original. The fast copy
+    is made at the first call, from the first image: the network is run on a small crop of it
+    (:mod:`usaid.network_probe`) to learn the multiple its input size must have, and the fast copy is kept only if it
+    computes what the plain eval-mode network computes on that crop (within float rounding); otherwise the next safer
+    copy is tried (unfolded, then the plain network with direct convolutions), with a warning. Every copy is made from
+    an untouched deep copy, so a BatchNorm fold (``torch.fx``) that fails half-way, or a ``forward`` that assigns
+    attributes (BasicSR's EDSR and SwinIR do), never leaves a broken network in use. Images whose height or width is not
+    a multiple the network needs (RRDBNet at scale 1: 4; SwinIR: its window) are padded (mirrored) and cropped back.
 
     Args:
-        net (nn.Module): The trained network; left unchanged.
-        fold_bn (bool): Fold eval-mode BatchNorm into the preceding convolutions. Networks that ``torch.fx`` cannot
-            trace are kept unfolded, with a warning. Default: True.
+        net (nn.Module): The trained network, a restorer at scale 1; left unchanged.
+        fold_bn (bool): Fold eval-mode BatchNorm into the preceding convolutions, where there is BatchNorm and
+            ``torch.fx`` can trace the network. Default: True.
         conv_algo (str): 'winograd' (NNPACK, float32 CPU only), 'direct' (oneDNN / cuDNN) or 'auto' (Winograd where
             it applies). Default: 'auto'.
         channels_last (bool): Use channels_last tensors with direct convolutions (ignored with Winograd, which needs
@@ -107,24 +117,69 @@ class InferenceNetwork(nn.Module):
         self.device = next(net.parameters()).device
         self.conv_algo = resolve_conv_algo(conv_algo, self.device, precision)
         self.precision = precision
-        fast = copy.deepcopy(net).eval().requires_grad_(False)
-        if fold_bn:
+        self.fold_bn = fold_bn and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+        self.channels_last = channels_last
+        self.plain = copy.deepcopy(net).eval().requires_grad_(False)
+        self.net = None  # the fast copy, made by the first call
+        self.size_multiple = 1
+        self.memory_format = torch.contiguous_format
+
+    def forward(self, x):
+        if self.net is None:
+            self._prepare(x)
+        height, width = x.shape[-2:]
+        x = pad_to_multiple(x, self.size_multiple)
+        with precision_autocast(self.device, self.precision):
+            out = self.net(x.contiguous(memory_format=self.memory_format))
+        return out[..., :height, :width].float().contiguous()
+
+    def _prepare(self, x):
+        """Choose ``self.net``: the fastest copy that computes the plain network's output on a crop of ``x``."""
+        example = x[:1].float()
+        pad_h, pad_w = max(PROBE_SIZE[0] - example.shape[-2], 0), max(PROBE_SIZE[1] - example.shape[-1], 0)
+        example = F.pad(example, (0, pad_w, 0, pad_h), mode='replicate')[..., :PROBE_SIZE[0], :PROBE_SIZE[1]]
+        try:
+            self.size_multiple = size_multiple(self.plain, example)
+        except ValueError as error:
+            raise ValueError(f'{type(self.plain).__name__} cannot be used as a denoiser: it {error}.') from None
+        example = pad_to_multiple(example, self.size_multiple)
+        expected = self.plain(example)
+        candidates = ([True] if self.fold_bn else []) + [False]
+        for fold in candidates:
+            fast, memory_format = self._fast_copy(fold)
+            if fast is None:
+                continue
+            try:
+                same = torch.allclose(fast(example.contiguous(memory_format=memory_format)).float(), expected,
+                                      rtol=1e-3, atol=1e-4)
+            except Exception as error:  # a folded copy may fail where the plain network runs
+                same, reason = False, f'{type(error).__name__}: {error}'
+            else:
+                reason = 'its output differs from the plain network\'s'
+            if same:
+                self.net, self.memory_format = fast, memory_format
+                break
+            warnings.warn(f'{type(self.plain).__name__}: {"folded BatchNorm" if fold else "the fast copy"} not used '
+                          f'({reason}).')
+        else:
+            self.net, self.memory_format, self.conv_algo = self.plain, torch.contiguous_format, 'direct'
+        if self.net is not self.plain:
+            del self.plain  # no second copy of the weights kept
+
+    def _fast_copy(self, fold):
+        """A converted deep copy of the plain network and its input memory format, or (None, None) if ``fold`` fails."""
+        fast = copy.deepcopy(self.plain)
+        if fold:
             try:
                 fast = fuse(fast, inplace=True)
             except Exception as error:  # torch.fx raises many types for untraceable control flow
-                warnings.warn(f'{type(net).__name__}: BatchNorm not folded (torch.fx cannot trace it: {error}).')
+                warnings.warn(f'{type(self.plain).__name__}: BatchNorm not folded (torch.fx cannot trace it: {error}).')
+                return None, None
         if self.conv_algo == 'winograd':
             _replace_convolutions(fast)
-            self.memory_format = torch.contiguous_format
-        else:
-            self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-            fast = fast.to(memory_format=self.memory_format)
-        self.net = fast
-
-    def forward(self, x):
-        with precision_autocast(self.device, self.precision):
-            out = self.net(x.contiguous(memory_format=self.memory_format))
-        return out.float().contiguous()
+            return fast, torch.contiguous_format
+        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        return fast.to(memory_format=memory_format), memory_format
 
 
 def precision_autocast(device, precision='fp32'):
@@ -132,3 +187,26 @@ def precision_autocast(device, precision='fp32'):
     if check_precision(precision) == 'fp32':
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+def add_inference_arguments(parser):
+    """Add the switches of :class:`InferenceNetwork` to the ``argparse`` ``parser`` of a tool that runs a network, the
+    same in every tool; returns the argument group, for a tool's own speed switches."""
+    group = parser.add_argument_group('speed (defaults: the fastest settings that keep the float32 results)')
+    group.add_argument('--precision', choices=PRECISIONS, default='fp32',
+                       help='bf16: bfloat16 autocast, faster on CPUs with bf16 instructions and on GPUs, '
+                       'about 0.1 dB lower PSNR (docs/benchmarks.md)')
+    group.add_argument('--conv-algo', choices=CONV_ALGOS, default='auto',
+                       help='winograd: NNPACK (float32 CPU); direct: oneDNN / cuDNN; auto: winograd where it applies')
+    group.add_argument('--no-fold-bn', dest='fold_bn', action='store_false',
+                       help='keep BatchNorm layers instead of folding them into the convolutions')
+    group.add_argument('--no-channels-last', dest='channels_last', action='store_false',
+                       help='NCHW instead of channels_last tensors for direct convolutions')
+    return group
+
+
+def inference_options(args):
+    """The keyword arguments of :class:`InferenceNetwork` that the switches of :func:`add_inference_arguments` give
+    (also the ``val: inference`` mapping of BasicSR options)."""
+    return {'fold_bn': args.fold_bn, 'conv_algo': args.conv_algo, 'channels_last': args.channels_last,
+            'precision': args.precision}

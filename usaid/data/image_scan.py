@@ -125,3 +125,14 @@ def _scan_lmdb(root, *_signatures):
             height, width, channels = shape
             infos.append(ImageInfo(key, None, height, width, channels in (1, 2), channels in (2, 4)))
     return tuple(infos), len(stored - {key for key, _ in listed})
+
+
+def image_sizes(opt, paths):
+    """``(path, height, width)`` of the dataset images ``paths`` (as :func:`collect_images` returns them for dataset
+    options ``opt``) whose size is known without decoding: from the headers, or an LMDB's meta_info.txt."""
+    if (opt.get('io_backend') or {}).get('type') == 'lmdb':
+        infos = scan_lmdb_images(osp.abspath(opt['dataroot_gt']))[0]
+    else:
+        infos = scan_folder_images(tuple(paths))
+    wanted = set(paths)
+    return [(info.path, info.height, info.width) for info in infos if info.path in wanted and info.height]

@@ -1,0 +1,88 @@
+"""What a network does to an image, found by running it once on a small one.
+
+BasicSR's registry holds restorers, upscalers, video networks, discriminators and feature extractors, and nothing in
+an architecture says which is which, nor which image sizes it takes. The option check (before a run) and
+:class:`~usaid.inference.InferenceNetwork` (before the first image) ask the network itself, with the functions here:
+
+- :func:`size_multiple`: whether it restores an image at scale 1 (same shape out as in), and the multiple its input
+  height and width must have (RRDBNet at scale 1 unshuffles by 4). Inference pads other sizes up to it.
+- :func:`data_range_offset`: how far its output lies from its input at initialisation; a network that expects data in
+  [0, 255] (RIDNet's ``img_range``) shifts [0, 1] images by about 100.
+"""
+import torch
+import torch.nn.functional as F
+
+# Tried in order: the first that lets the network keep the image's shape is the size multiple (windowed attention
+# needs multiples of its window, 7 or 8 in SwinIR; pixel-unshuffling networks powers of two).
+SIZE_MULTIPLES = tuple(range(1, 65))
+# Odd on purpose: a network that needs even sizes fails here instead of on the first real image.
+PROBE_SIZE = (41, 43)
+# A restorer at initialisation stays within a few units of [0, 1] data; beyond this it expects another data range.
+MAX_DATA_RANGE_OFFSET = 10.0
+
+
+def _shape(value):
+    return 'x'.join(str(s) for s in value.shape) if torch.is_tensor(value) else type(value).__name__
+
+
+def pad_to_multiple(image, multiple):
+    """``image`` (N, C, H, W) padded at the bottom and right to multiples of ``multiple`` (mirrored where the image
+    is large enough, else repeated); unchanged if it already fits."""
+    height, width = image.shape[-2:]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if not (pad_h or pad_w):
+        return image
+    mode = 'reflect' if pad_h < height and pad_w < width else 'replicate'
+    return F.pad(image, (0, pad_w, 0, pad_h), mode=mode)
+
+
+@torch.no_grad()
+def size_multiple(net, example):
+    """The smallest of :data:`SIZE_MULTIPLES` such that ``net`` maps ``example`` padded to that multiple to a tensor
+    of the same shape.
+
+    Args:
+        net (nn.Module): The network, in the mode it will run in.
+        example (Tensor): A (1, C, H, W) input; best with odd H and W (:data:`PROBE_SIZE`).
+
+    Raises:
+        ValueError: If the network changes the shape (an upscaler, a discriminator, a feature extractor) or runs on
+            no padded size; the message says what it returned or raised.
+    """
+    last_error = None
+    for multiple in SIZE_MULTIPLES:
+        image = pad_to_multiple(example, multiple)
+        try:
+            output = net(image)
+        except Exception as error:  # an architecture may raise anything for a size it cannot take
+            last_error = error
+            continue
+        if not torch.is_tensor(output) or output.shape != image.shape:
+            raise ValueError(f'maps a {_shape(image)} image to {_shape(output)}; expected an image of the same shape '
+                             '(a restorer at scale 1: set its scale option, e.g. upscale or scale, to 1)')
+        larger = pad_to_multiple(F.pad(example, (0, multiple, 0, multiple), mode='replicate'), multiple)
+        try:  # one size that fits by chance is not a rule: a second multiple must fit too
+            fits = net(larger).shape == larger.shape
+        except Exception as error:
+            last_error, fits = error, False
+        if fits:
+            return multiple
+    raise ValueError(f'cannot run on a {_shape(example)} image, nor padded to a multiple of up to {SIZE_MULTIPLES[-1]} '
+                     f'({type(last_error).__name__}: {str(last_error).splitlines()[0] if str(last_error) else ""}); '
+                     'expected a network that restores a (N, C, H, W) image')
+
+
+@torch.no_grad()
+def data_range_offset(net, example):
+    """Mean absolute difference between ``net(example)`` and ``example``: about 1 or less for a network made for
+    [0, 1] data, about 100 for one that expects [0, 255] (see :data:`MAX_DATA_RANGE_OFFSET`)."""
+    return float((net(example) - example).abs().mean())
+
+
+def probe_example(channels, seed=0):
+    """A (1, ``channels``, *PROBE_SIZE) image in [0, 1] with smooth structure and texture, from a fixed seed."""
+    generator = torch.Generator().manual_seed(seed)
+    height, width = PROBE_SIZE
+    ramp = torch.linspace(0, 1, width).expand(height, width)
+    texture = torch.rand(1, channels, height, width, generator=generator)
+    return (0.5 * ramp + 0.5 * texture).clamp(0, 1)
