@@ -159,6 +159,20 @@ def test_validation_output_equals_the_plain_ema_network(image_folder, tmp_path):
     assert model.net_g.training  # the training network was not switched to eval
 
 
+def test_tensor_metrics_score_the_same_image_as_their_numpy_twins(image_folder, tmp_path):
+    """BasicSR's *_pt metrics take tensors; validation gives them the 8-bit output as a tensor, so they agree."""
+    opt = tiny_options(image_folder)
+    opt['val']['metrics'] = {name: {'type': f'calculate_{name}', 'crop_border': 2}
+                             for name in ('psnr', 'ssim', 'psnr_pt', 'ssim_pt')}
+    model = build(opt, tmp_path)
+    val_set = build_dataset({**opt['datasets']['val'], 'phase': 'val'})
+    loader = torch.utils.data.DataLoader(val_set, batch_size=1)
+    model.nondist_validation(loader, 1, None, save_img=False)
+    results = model.metric_results
+    assert results['psnr_pt'] == pytest.approx(results['psnr'], abs=1e-3)
+    assert results['ssim_pt'] == pytest.approx(results['ssim'], abs=5e-3)  # BasicSR's two SSIMs filter differently
+
+
 def test_detached_usa_loss_is_computed_only_where_it_is_printed(image_folder, tmp_path):
     data = batch(image_folder)
     opt = tiny_options(image_folder)

@@ -204,7 +204,10 @@ class USAIDModel(SRModel):
                 row = {'image': img_name, 'sigma': float(val_data['sigma'][0]) if 'sigma' in val_data else ''}
                 if metrics_opt:
                     images = {'img': output, 'img2': tensor2img(self.gt)}
-                    row.update((name, float(calculate_metric(images, opt_))) for name, opt_ in metrics_opt.items())
+                    # BasicSR's *_pt metrics take (N, C, H, W) tensors in [0, 1]: the same 8-bit image, as a tensor
+                    tensors = {'img': self.output.clamp(0, 1).mul(255).round().div(255), 'img2': self.gt}
+                    row.update((name, float(calculate_metric(tensors if opt_['type'].endswith('_pt') else images,
+                                                             opt_))) for name, opt_ in metrics_opt.items())
                 rows.append(row)
                 if save_img:
                     imwrite(output, self._visualization_path(dataset_name, img_name, current_iter))
