@@ -58,8 +58,12 @@ def size_multiple(net, example):
             last_error = error
             continue
         if not torch.is_tensor(output) or output.shape != image.shape:
+            upscales = (torch.is_tensor(output) and output.shape[:2] == image.shape[:2] and output.ndim == 4
+                        and output.shape[-1] > image.shape[-1] and output.shape[-1] % image.shape[-1] == 0
+                        and output.shape[-1] * image.shape[-2] == output.shape[-2] * image.shape[-1])
             raise ValueError(f'maps a {_shape(image)} image to {_shape(output)}; expected an image of the same shape '
-                             '(a restorer at scale 1: set its scale option, e.g. upscale or scale, to 1)')
+                             + ('(it upscales: set its scale option, e.g. upscale or scale, to 1)' if upscales else
+                                '(a restorer at scale 1, not a discriminator, feature extractor or segmenter)'))
         larger = pad_to_multiple(F.pad(example, (0, multiple, 0, multiple), mode='replicate'), multiple)
         try:  # one size that fits by chance is not a rule: a second multiple must fit too
             fits = net(larger).shape == larger.shape
