@@ -130,3 +130,13 @@ TRAIN_ENTRY_POINTS = {
     'basicsr/train.py': ([sys.executable, 'basicsr/train.py'], True),
     'usaid.train in a checkout root': ([sys.executable, '-m', 'usaid.train'], True),
 }
+
+
+@pytest.fixture
+def recipe_images(image_folder):
+    """``image_folder`` with validation images large enough for every metric of the shipped recipes (NIQE scores
+    images of at least two 96x96 blocks)."""
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        cv2.imwrite(str(image_folder / 'val' / f'img{i}.png'), smooth_image(rng, 96, 192))
+    return image_folder

@@ -25,12 +25,12 @@ def test_the_recipes_are_all_there():
 
 
 @pytest.mark.parametrize('option_file', OPTION_FILES, ids=lambda p: p.name)
-def test_parse_and_build_with_tiny_data(option_file, image_folder, tmp_path, monkeypatch):
+def test_parse_and_build_with_tiny_data(option_file, recipe_images, tmp_path, monkeypatch):
     with open(option_file) as f:
         opt = yaml.load(f, Loader=ordered_yaml()[0])
     is_train = 'train' in opt
     for phase, dataset_opt in opt['datasets'].items():
-        folder = image_folder / ('train' if phase == 'train' else 'val')
+        folder = recipe_images / ('train' if phase == 'train' else 'val')
         dataset_opt.pop('meta_info_file', None)
         if dataset_opt['io_backend']['type'] == 'lmdb':
             lmdb_path = tmp_path / f'{phase}.lmdb'

@@ -5,7 +5,9 @@ before BasicSR is first imported. No BasicSR file is edited: each fix replaces o
 modules, so every BasicSR model and entry point benefits, not only U-SAID's. Each fix states its reason and
 where upstream tracks it.
 """
+import atexit
 import importlib
+import importlib.machinery
 import os
 import sys
 import types
@@ -15,6 +17,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+from usaid import yaml_io
+from usaid.errors import CheckpointError
+from usaid.output_folders import archive_and_make, lock_folder, make_folder
 
 _applied = False
 
@@ -46,6 +52,7 @@ def init_dist(launcher, backend=None, **kwargs):
         if use_cuda:
             torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
         dist.init_process_group(backend=backend or ('nccl' if use_cuda else 'gloo'), **kwargs)
+        _destroy_process_group_at_exit()
     elif launcher == 'slurm':
         from basicsr.utils.dist_util import _init_dist_slurm
         if not use_cuda:
@@ -54,6 +61,34 @@ def init_dist(launcher, backend=None, **kwargs):
         _init_dist_slurm(backend or 'nccl', **kwargs)
     else:
         raise ValueError(f'--launcher {launcher!r}: expected none, pytorch or slurm.')
+
+
+_failed = False  # set by note_failure: this process is exiting because of an error
+
+
+def note_failure():
+    """Record that this process is exiting because of an error (see :func:`_destroy_process_group_at_exit`)."""
+    global _failed
+    _failed = True
+
+
+def _destroy_process_group_at_exit():
+    """BasicSR never destroys its process group; gloo's worker threads then abort the interpreter's exit now and then
+    ("terminate called without an active exception", pytorch/pytorch#190489), whichever script ran the pipeline
+    (``usaid-train``, BasicSR's own ``train.py`` under torchrun). So the group is destroyed at exit, but only after
+    success: a rank that failed (an uncaught exception, or :func:`note_failure`) must not wait in a teardown."""
+    excepthook = sys.excepthook
+
+    def note_uncaught(kind, error, traceback):
+        note_failure()
+        excepthook(kind, error, traceback)
+
+    def destroy():
+        if not _failed and dist.is_initialized():
+            dist.destroy_process_group()
+
+    sys.excepthook = note_uncaught
+    atexit.register(destroy)
 
 
 def model_to_device(self, net):
@@ -97,12 +132,79 @@ def latest_training_state(state_dir):
     return osp.join(state_dir, f'{max(iters)}.state') if iters else None
 
 
+def check_own_training_state(opt, resume_path):
+    """An explicit ``path:resume_state`` must be a state of this run's own experiment folder: BasicSR resumes a run
+    in its folder and takes the networks from its ``models/`` (``check_resume``), so a state of another experiment
+    under a new name would fail later, without its networks. Raises ``CheckpointError`` saying what to do instead.
+
+    Args:
+        opt (dict): The parsed options.
+        resume_path (str): The state given as ``path:resume_state``.
+    """
+    states = opt['path']['training_states']
+    if osp.dirname(osp.realpath(resume_path)) == osp.realpath(states):
+        return
+    folder, iteration = osp.dirname(osp.abspath(resume_path)), osp.basename(resume_path).split('.')[0]
+    if osp.basename(folder) == 'training_states':  # a state of another experiment
+        experiment = osp.dirname(folder)
+        weights = osp.join(experiment, 'models', f'net_g_{iteration}.pth')
+        what_to_do = (f'To resume that run, keep its name ({osp.basename(experiment)}); to start a new run from its '
+                      f'weights, set path:pretrain_network_g to {weights} and path:resume_state to ~.')
+    else:
+        what_to_do = ('To start a new run from the weights saved with it, set path:pretrain_network_g to them and '
+                      'path:resume_state to ~.')
+    raise CheckpointError(
+        f"{resume_path}: path:resume_state is not a training state of this run's experiment folder "
+        f"{opt['path']['experiments_root']}; expected a file of {states} (a run resumes in its own folder, with the "
+        f'networks of its models folder). {what_to_do}')
+
+
+def load_training_state(path, device):
+    """A training state loaded with ``weights_only=True`` (our states hold tensors and plain containers, plus the
+    scheduler's ``Counter`` of milestones: no code from the file runs); ``CheckpointError`` naming ``path`` if it is
+    not one.
+
+    Args:
+        path (str): The ``<iter>.state`` file.
+        device (torch.device): Where its tensors go.
+    """
+    from collections import Counter
+    try:
+        with torch.serialization.safe_globals([Counter]):
+            state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as error:  # noqa: BLE001  (garbage makes the unpickler raise anything: KeyError, EOFError, ...)
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        if lines and lines[0].startswith('Weights only load failed'):  # torch's advice (load it unsafely) left out
+            why = next((line for line in lines[1:] if not line.startswith(('Please file', 'Check the docum'))), '')
+            reason = f'it holds objects that only code could make{f": {why}" if why else ""}'
+        else:
+            reason = f'{type(error).__name__}: {lines[0] if lines else error!r}'
+        raise CheckpointError(f'{path}: cannot be loaded as a training state ({reason}); expected a <iter>.state file '
+                              "written by BasicSR's training. Move it out of training_states (--auto_resume then "
+                              'takes the one before), or set path:resume_state to another state.') from None
+    if not (isinstance(state, dict) and isinstance(state.get('iter'), int)):
+        what = 'a dict without iter' if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(f"{path}: holds {what}; expected a training state of BasicSR's training (iter, epoch, "
+                              'optimizers, schedulers). Move it out of training_states, or set path:resume_state to '
+                              'another state.')
+    return state
+
+
 def load_resume_state(opt):
     """Replaces ``basicsr.train.load_resume_state``. 1.4.2 looks for ``experiments/<name>/training_states``
     relative to the current directory (not to the run's ``root_path``) and loads with
-    ``storage.cuda(torch.cuda.current_device())``, which fails without a GPU (upstream: basicsr/train.py)."""
+    ``storage.cuda(torch.cuda.current_device())``, which fails without a GPU (upstream: basicsr/train.py).
+
+    It runs before BasicSR makes (or, resuming, reuses) the experiment folder, so the folder is locked here first
+    (rank 0, :func:`usaid.output_folders.lock_folder`). An explicit ``path:resume_state`` must be a state of this run
+    (:func:`check_own_training_state`); a state that cannot be loaded is a ``CheckpointError`` naming it.
+    """
     from basicsr.utils import check_resume
 
+    if not opt['auto_resume'] and opt['path'].get('resume_state') is not None:
+        check_own_training_state(opt, opt['path']['resume_state'])
+    if opt['rank'] == 0:
+        lock_folder(opt['path']['experiments_root'])
     if opt['auto_resume']:
         resume_path = latest_training_state(opt['path']['training_states'])
         if resume_path is not None:
@@ -111,10 +213,7 @@ def load_resume_state(opt):
         resume_path = opt['path'].get('resume_state')
     if resume_path is None:
         return None
-    # our training states hold only tensors and plain containers, plus the scheduler's Counter of milestones
-    from collections import Counter
-    with torch.serialization.safe_globals([Counter]):
-        resume_state = torch.load(resume_path, map_location=map_location(opt), weights_only=True)
+    resume_state = load_training_state(resume_path, map_location(opt))
     check_resume(opt, resume_state['iter'])
     # for ResumableSampler: skip, in the interrupted epoch, the batches already trained on
     train_opt = opt['datasets']['train']
@@ -123,21 +222,126 @@ def load_resume_state(opt):
     return resume_state
 
 
+def _force_yml_arguments():
+    """The ``-opt`` and ``--force_yml`` arguments of the command line, as BasicSR's parser will read them."""
+    import argparse
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument('-opt', type=str)
+    parser.add_argument('--force_yml', nargs='+', default=None)
+    args, _ = parser.parse_known_args(sys.argv[1:])
+    return args.opt, args.force_yml
+
+
+def force_yml_checked(parse):
+    """Wraps ``basicsr.utils.options.parse_options``, which applies ``--force_yml KEY=VALUE`` with
+    ``exec('opt["KEY"]=value')``: a key can run code, and garbage (a missing key, no ``=``) ends in a traceback
+    (upstream: basicsr/utils/options.py, no issue filed). The entries are applied to the option file first
+    (:func:`usaid.yaml_io.apply_overrides`: one ``OptionError`` naming every bad one) and the result is checked
+    (:func:`usaid.options.check_options`: BasicSR's parse reads ``datasets``, ``path``, ``name`` ... right away);
+    BasicSR then applies them.
+
+    Args:
+        parse (callable): BasicSR's ``parse_options``.
+    """
+    def parse_options(root_path, is_train=True):
+        option_file, entries = _force_yml_arguments()
+        if option_file and entries:
+            from usaid.options import check_options, load_option_file
+            opt = load_option_file(option_file)
+            yaml_io.apply_overrides(opt, entries, option_file)
+            check_options(opt, f'{option_file} with --force_yml', is_train)
+        return parse(root_path, is_train)
+
+    parse_options.__doc__ = f'{parse.__doc__ or ""}\n(--force_yml checked first by usaid.compat.force_yml_checked.)'
+    return parse_options
+
+
+def mkdir_and_rename(path):
+    """Replaces ``basicsr.utils.misc.mkdir_and_rename``, which archives whatever ``path`` is by renaming it: a symbolic
+    link, or a folder outside the output tree reached through ``..`` in a run's name (upstream: basicsr/utils/misc.py,
+    no issue filed). Here :func:`usaid.output_folders.archive_and_make` refuses both, with a message."""
+    archive_and_make(path)
+
+
+def make_exp_dirs(opt):
+    """Replaces ``basicsr.utils.misc.make_exp_dirs``, which archives and remakes a run's folder even while another run
+    writes to it (upstream: basicsr/utils/misc.py, no issue filed). As in BasicSR only rank 0 makes folders; it first
+    takes the folder's lock (:func:`usaid.output_folders.lock_folder`), and a folder that cannot be made is an
+    ``OutputFolderError``."""
+    from basicsr.utils.dist_util import get_dist_info
+    if get_dist_info()[0] != 0:
+        return
+    path_opt = opt['path'].copy()
+    root = path_opt.pop('experiments_root' if opt['is_train'] else 'results_root')
+    lock_folder(root)
+    archive_and_make(root)
+    for key, path in path_opt.items():
+        if not any(word in key for word in ('strict_load', 'pretrain_network', 'resume', 'param_key')):
+            make_folder(path)
+
+
+def _stand_in_version_module():
+    """A BasicSR checkout that was not ``setup.py develop``-ed has no ``basicsr/version.py`` (its setup.py writes the
+    file), so ``import basicsr`` fails where the checkout root comes first on ``sys.path`` (``torchrun -m usaid.train``
+    or ``python -m ...`` run from it). The version is read from the checkout's VERSION file instead (BasicSR#407)."""
+    spec = importlib.machinery.PathFinder.find_spec('basicsr')  # sys.path's basicsr, past usaid_autoload's finder
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    if not locations or any(osp.isfile(osp.join(location, 'version.py')) for location in locations):
+        return
+    version_file = osp.join(osp.dirname(locations[0]), 'VERSION')
+    version = open(version_file).read().strip() if osp.isfile(version_file) else '0.0.0'
+    module = types.ModuleType('basicsr.version', 'Stand-in for a checkout without version.py, by usaid.compat.')
+    module.__version__, module.__gitsha__ = version, 'unknown'
+    module.version_info = tuple(int(part) if part.isdigit() else part for part in version.split('.'))
+    sys.modules['basicsr.version'] = module
+
+
+# Functions that BasicSR's train.py defines itself: run as a script, the file is ``__main__``, not ``basicsr.train``,
+# and these names in its namespace are replaced by :func:`adopt_script` (upstream: basicsr/train.py).
+SCRIPT_FIXES = {'load_resume_state': load_resume_state}
+
+
+def adopt_script(namespace):
+    """Apply :data:`SCRIPT_FIXES` to ``namespace``, the globals of the module whose pipeline is running, if it is a
+    script run as ``__main__`` (``python basicsr/train.py``, ``torchrun basicsr/train.py``); modules were fixed by
+    :func:`apply` already."""
+    if namespace.get('__name__') != '__main__':
+        return
+    for name, fix in SCRIPT_FIXES.items():
+        if callable(namespace.get(name)):
+            namespace[name] = fix
+
+
 def apply():
     """Apply every fix once. Must run before the first ``import basicsr``."""
     global _applied
     if _applied:
         return
     _alias_functional_tensor()
+    _stand_in_version_module()
 
     import basicsr.data.data_sampler
+    import basicsr.test
     import basicsr.train
+    import basicsr.utils
+    import basicsr.utils.misc
     import basicsr.utils.options
     from basicsr.models.base_model import BaseModel
 
     from usaid.data.resumable_sampler import ResumableSampler
 
     basicsr.utils.options.init_dist = init_dist
+    # PyYAML's full loader runs code from a tag such as !!python/object/apply: option files are read with a safe one
+    # (XPixelGroup/BasicSR#768); BasicSR evals a --force_yml value that starts with '[' (no issue filed)
+    basicsr.utils.options.ordered_yaml = yaml_io.ordered_yaml
+    basicsr.utils.options._postprocess_yml_value = yaml_io.parse_value
+    basicsr.utils.options.parse_options = force_yml_checked(basicsr.utils.options.parse_options)
+    basicsr.train.parse_options = basicsr.test.parse_options = basicsr.utils.options.parse_options
+    # the pipelines and BasicSR's train.py/test.py run as scripts import these from basicsr.utils (after this ran)
+    for module in (basicsr.utils, basicsr.utils.misc, basicsr.train, basicsr.test):
+        module.make_exp_dirs = make_exp_dirs
+    for module in (basicsr.utils, basicsr.utils.misc, basicsr.train):
+        module.mkdir_and_rename = mkdir_and_rename
     basicsr.train.load_resume_state = load_resume_state
     # BasicSR restarts an interrupted epoch from its start and ties sample randomness to worker streams; the same
     # sampler, resumable and numbering samples (upstream: basicsr/train.py, basicsr/data/data_sampler.py)

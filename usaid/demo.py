@@ -14,7 +14,6 @@ import cv2
 import numpy as np
 import skimage.data
 import torch
-import yaml
 
 import usaid  # noqa: F401  (registers U-SAID)
 from basicsr.archs import build_network
@@ -22,7 +21,8 @@ from basicsr.data import build_dataset
 from basicsr.metrics import calculate_psnr
 from basicsr.train import train_pipeline
 from basicsr.utils import imwrite, tensor2img
-from basicsr.utils.options import ordered_yaml
+
+from usaid import yaml_io
 
 DEMO_OPTIONS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'options', 'demo_usaid_cpu.yml')
 TRAIN_IMAGES = {
@@ -79,7 +79,7 @@ def main(argv=None):
     if '-opt' not in argv:
         argv = ['-opt', DEMO_OPTIONS] + argv
     with open(argv[argv.index('-opt') + 1]) as f:
-        opt = yaml.load(f, Loader=ordered_yaml()[0])
+        opt = yaml_io.load(f)
     write_demo_images(osp.dirname(opt['datasets']['train']['dataroot_gt']))
 
     sys.argv = [sys.argv[0]] + argv  # BasicSR's parse_options reads the command line

@@ -21,4 +21,8 @@ class NonFiniteLossError(USAIDError, RuntimeError):
 
 
 class CheckpointError(USAIDError, RuntimeError):
-    """A checkpoint that does not fit the network, or one that could not be written."""
+    """A checkpoint or training state that cannot be used here, or one that could not be written."""
+
+
+class OutputFolderError(USAIDError, RuntimeError):
+    """An experiment or results folder that cannot be used: in use by a live run, a link, or not writable."""

@@ -9,8 +9,12 @@ an architecture says which is which, nor which image sizes it takes. The option 
 - :func:`data_range_offset`: how far its output lies from its input at initialisation; a network that expects data in
   [0, 255] (RIDNet's ``img_range``) shifts [0, 1] images by about 100.
 """
+import functools
+import json
+
 import torch
 import torch.nn.functional as F
+from basicsr.utils.registry import ARCH_REGISTRY
 
 # Tried in order: the first that lets the network keep the image's shape is the size multiple (windowed attention
 # needs multiples of its window, 7 or 8 in SwinIR; pixel-unshuffling networks powers of two).
@@ -90,3 +94,36 @@ def probe_example(channels, seed=0):
     ramp = torch.linspace(0, 1, width).expand(height, width)
     texture = torch.rand(1, channels, height, width, generator=generator)
     return (0.5 * ramp + 0.5 * texture).clamp(0, 1)
+
+
+def probe_network(network_opt, channels):
+    """Build the network ``network_opt`` describes (a ``network_g`` mapping with ``type``) from a fixed seed and probe
+    it on a ``channels``-channel image: ``(size multiple, data range offset)``. Cached per process by the options, so
+    checking many option files with one network (a test suite, a fuzz run) builds it once.
+
+    Raises:
+        ValueError: If the network cannot be built with these options or is not a restorer at scale 1; the message
+            starts with the architecture's name.
+    """
+    return _probe(json.dumps(network_opt, sort_keys=True, default=str), channels)
+
+
+@functools.lru_cache(maxsize=32)
+def _probe(network_json, channels):
+    network_opt = json.loads(network_json)
+    name = network_opt.pop('type')
+    with torch.random.fork_rng(devices=[]):  # the caller's generator state stays as it was (BasicSR seeds first)
+        torch.manual_seed(0)
+        try:
+            net = ARCH_REGISTRY.get(name)(**network_opt).eval()
+        except Exception as error:  # an architecture may raise anything for options it does not support
+            scale = ', '.join(f'{k}: {v}' for k, v in network_opt.items() if k in ('upscale', 'scale'))
+            raise ValueError(f'{name} cannot be built with these options ({type(error).__name__}: {error})'
+                             f'{f"; it may not support {scale}" if scale else ""}; expected options of an image '
+                             'restorer at scale 1') from None
+        example = probe_example(channels)
+        try:
+            multiple = size_multiple(net, example)
+        except ValueError as error:
+            raise ValueError(f'{name} {error}') from None
+        return multiple, data_range_offset(net, pad_to_multiple(example, multiple))

@@ -15,19 +15,23 @@ GPUs present; ``in_ch`` against the network.
 """
 import difflib
 import inspect
+import math
+import os
 import re
 import sys
 from os import path as osp
 
 import torch
-import yaml
 from basicsr.models import lr_scheduler
-from basicsr.utils.options import ordered_yaml
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
+from usaid import yaml_io
 from usaid.data.gaussian_noise_dataset import GaussianNoiseDataset, check_sigma, collect_images
-from usaid.errors import OptionError
+from usaid.data.image_scan import image_sizes
+from usaid.errors import OptionError, USAIDError
 from usaid.inference import CONV_ALGOS, PRECISIONS, InferenceNetwork
+from usaid.metric_sizes import size_problem
+from usaid.network_probe import MAX_DATA_RANGE_OFFSET, probe_network
 
 # What YAML 1.1 (PyYAML) leaves a string although it reads as a number: 2e-4, 1e3, 1.0e3 (no dot, or no exponent sign)
 _NUMBER_LIKE = re.compile(r'^[-+]?(\d[\d_]*\.?[\d_]*|\.\d[\d_]*)([eE][-+]?\d+)?$')
@@ -48,14 +52,13 @@ _NON_FINITE_ACTIONS = ('stop', 'skip')
 
 
 def load_option_file(option_file):
-    """The option file as BasicSR's ``parse_options`` loads it (ordered YAML); an ``OptionError`` if it cannot be."""
+    """The option file as BasicSR's ``parse_options`` loads it (ordered YAML, read by :mod:`usaid.yaml_io`'s safe
+    loader); an ``OptionError`` if it cannot be."""
     try:
         with open(option_file) as f:
-            opt = yaml.load(f, Loader=ordered_yaml()[0])
+            opt = yaml_io.load(f)
     except OSError as error:
         raise OptionError(option_file, [f'cannot be read ({error.strerror or error})']) from None
-    except yaml.YAMLError as error:
-        raise OptionError(option_file, [f'is not valid YAML: {error}']) from None
     if not isinstance(opt, dict):
         raise OptionError(option_file, [f'found {type(opt).__name__} at the top level; expected a mapping of '
                                         'options (name, model_type, datasets, network_g, ...)'])
@@ -119,6 +122,9 @@ class _Checker:
 
     def __init__(self):
         self.problems = []
+        self.in_ch = 3  # the datasets' channels, for running the network
+        self.gt_sizes = {}  # training crop sizes, by option key
+        self.image_sizes = {}  # (path, height, width) of the validation and test images, by dataset option key
 
     def problem(self, key, text):
         self.problems.append(f'{key}: {text}')
@@ -262,6 +268,8 @@ class _Checker:
         self.strings_that_are_numbers(opt, '')
         if not isinstance(opt.get('name'), str) or not opt.get('name'):
             self.problem('name', f"{_found(opt.get('name'))}; expected the experiment's name (a string)")
+        else:
+            self.folder_name(opt['name'], 'name', 'experiments/<name>, results/<name> and tb_logger/<name>')
         model_type = opt.get('model_type')
         if not isinstance(model_type, str):
             self.problem('model_type', f'{_found(model_type)}; expected a registered model, e.g. USAIDModel')
@@ -290,6 +298,7 @@ class _Checker:
                 self.boolean(logger, 'use_tb_logger', 'logger:use_tb_logger')
                 self.mapping(logger, 'wandb', 'logger:wandb', required=False)
         self.val(opt, is_train)
+        self.network_runs(network)
 
     def num_gpu(self, opt):
         value = opt.get('num_gpu')
@@ -332,6 +341,7 @@ class _Checker:
             self.problem('datasets', 'is empty; expected ' + ('train and val datasets' if is_train else 'test datasets'))
         if is_train and 'train' not in datasets:
             self.problem('datasets:train', 'missing; expected the training dataset')
+        named = {}  # validation and test datasets by name: their results are kept by name
         for phase_key, dataset_opt in datasets.items():
             path = f'datasets:{phase_key}'
             phase = str(phase_key).split('_')[0]
@@ -342,8 +352,16 @@ class _Checker:
             if not isinstance(dataset_opt, dict):
                 self.problem(path, f'{_found(dataset_opt)}; expected a mapping of dataset options')
                 continue
-            if not isinstance(dataset_opt.get('name'), str):
-                self.problem(f'{path}:name', f"{_found(dataset_opt.get('name'))}; expected the dataset's name")
+            name = dataset_opt.get('name')
+            if not isinstance(name, str):
+                self.problem(f'{path}:name', f"{_found(name)}; expected the dataset's name")
+            elif phase != 'train':
+                self.folder_name(name, f'{path}:name', 'visualization/<name> and <name>.csv in the results')
+                if name in named:
+                    self.problem(f'{path}:name', f'found {name!r}, the name of {named[name]} too; expected a name of '
+                                                 "its own: each dataset's images, CSV and best values are kept by "
+                                                 'name, so one would overwrite the other')
+                named.setdefault(name, path)
             dataset_class = self.registered(dataset_opt, path, DATASET_REGISTRY, 'dataset')
             if phase == 'train':
                 self.loader(opt, dataset_opt, path)
@@ -379,6 +397,7 @@ class _Checker:
                 self.problem(f'{path}:{key}', f'is not an option of GaussianNoiseDataset; expected one of its '
                                               f'options{_closest(key, known)}')
         in_ch = self.choice(dataset_opt, 'in_ch', f'{path}:in_ch', (1, 3), default=3)
+        self.in_ch = in_ch or self.in_ch
         try:
             check_sigma(dataset_opt.get('sigma_type', 'fixed'), dataset_opt.get('sigma'))
         except ValueError as error:
@@ -410,9 +429,43 @@ class _Checker:
             if isinstance(dataset_opt.get('dataroot_gt'), str):
                 dataset_opt['dataroot_gt'] = osp.expanduser(dataset_opt['dataroot_gt'])
             try:
-                collect_images(dataset_opt)
+                paths, _ = collect_images(dataset_opt)
+                if dataset_opt['phase'] == 'train':
+                    self.gt_sizes[f'{path}:gt_size'] = dataset_opt['gt_size']
+                    self.one_batch_at_least(opt, dataset_opt, path, len(paths))
+                else:
+                    self.image_sizes[path] = image_sizes(dataset_opt, paths)
             except ValueError as error:
                 self.problems.append(f'{path}:{error}')
+
+    def one_batch_at_least(self, opt, dataset_opt, path, images):
+        """The training set fills one batch per process: BasicSR's training loader drops an incomplete batch, so a
+        smaller set trains 0 iterations, says "End of training" and saves the untrained network."""
+        batch, ratio = dataset_opt.get('batch_size_per_gpu'), dataset_opt.get('dataset_enlarge_ratio', 1)
+        if not (_is_int(batch) and batch >= 1 and _is_int(ratio) and ratio >= 1):
+            return  # reported by loader()
+        processes = int(os.environ.get('WORLD_SIZE', '1'))  # torchrun sets it; the sampler splits the set among them
+        num_gpu = torch.cuda.device_count() if opt.get('num_gpu') == 'auto' else opt.get('num_gpu')
+        # one process on several GPUs (DataParallel) loads one batch of batch_size_per_gpu x num_gpu
+        gpus = num_gpu if processes == 1 and _is_int(num_gpu) and num_gpu > 1 else 1
+        samples = math.ceil(images * ratio / processes)
+        if samples >= batch * gpus:
+            return
+        split = f' split among {processes} processes' if processes > 1 else ''
+        gpu_text = f' x {gpus} GPUs' if gpus > 1 else ''
+        most = samples // gpus
+        self.problem(f'{path}:batch_size_per_gpu',
+                     f'found {batch}, but {images} training image(s) x dataset_enlarge_ratio {ratio}{split} make '
+                     f'{samples} sample(s) an epoch, fewer than one batch of {batch}{gpu_text}; expected '
+                     + (f'batch_size_per_gpu at most {most}, or ' if most else '')
+                     + f'dataset_enlarge_ratio at least {math.ceil(batch * gpus * processes / images)} (the loader '
+                     'drops an incomplete batch: the run would train 0 iterations and save an untrained network)')
+
+    def folder_name(self, name, path, where):
+        """``name`` becomes a folder or file name (``where``): one path component, inside its output tree."""
+        if any(c in name for c in '/\\\0') or name.startswith('.'):
+            self.problem(path, f"found {name!r}; expected one folder name, without /, \\ or .. and not starting with "
+                               f"'.': it names {where}")
 
     def channels(self, opt, in_ch, path, network):
         network_opt, arch = network
@@ -473,6 +526,41 @@ class _Checker:
             self.choice(non_finite, 'action', 'train:non_finite_loss:action', _NON_FINITE_ACTIONS, default='stop')
             self.number(non_finite, 'max_skips', 'train:non_finite_loss:max_skips', integer=True, minimum=0)
 
+    def metric_fits_images(self, metric, path):
+        """Every validation or test image is large enough for the metric (:mod:`usaid.metric_sizes`)."""
+        if not _is_int(metric.get('crop_border', 0)):
+            return  # reported by the argument check
+        for dataset_path, sizes in self.image_sizes.items():
+            too_small = [(image, size_problem(metric, height, width)) for image, height, width in sizes
+                         if size_problem(metric, height, width)]
+            if too_small:
+                image, why = too_small[0]
+                self.problem(path, f'{why} ({image}); {len(too_small)} of the {len(sizes)} images of {dataset_path} '
+                                   'are too small; expected larger images, or this metric left out')
+
+    def network_runs(self, network):
+        """Build network_g and run it once on a small image (:mod:`usaid.network_probe`): it must restore an image
+        at scale 1, take the training crops, and expect data in [0, 1]. Skipped if its options have problems."""
+        if network is None or network[1] is None or any(p.startswith('network_g') for p in self.problems):
+            return
+        network_opt, arch = network
+        name = network_opt['type']
+        try:
+            multiple, offset = probe_network(network_opt, self.in_ch)
+        except ValueError as error:
+            self.problem('network_g', str(error))
+            return
+        if offset > MAX_DATA_RANGE_OFFSET:
+            range_keys = [k for k in inspect.signature(arch).parameters if 'range' in k or 'mean' in k or 'std' in k]
+            self.problem('network_g', f'{name} shifts an image in [0, 1] by {offset:.0f} on average at initialisation: '
+                                      "it expects another data range; expected data in [0, 1], BasicSR's range"
+                                      + (f' (its range options: {", ".join(range_keys)}; e.g. img_range: 1)'
+                                         if range_keys else ''))
+        for key, gt_size in self.gt_sizes.items():
+            if _is_int(gt_size) and gt_size % multiple:
+                self.problem(key, f'found {gt_size}, but {name} with these options takes sizes that are multiples of '
+                                  f'{multiple}; expected a multiple of {multiple}')
+
     def val(self, opt, is_train):
         if is_train and opt.get('val') is None:
             return  # BasicSR then trains without validating
@@ -495,6 +583,7 @@ class _Checker:
                 self.arguments(metric, f'val:metrics:{name}', function, passed=('img', 'img2'),
                                skip=('type', 'better'))
             self.choice(metric, 'better', f'val:metrics:{name}:better', ('higher', 'lower'), default='higher')
+            self.metric_fits_images(metric, f'val:metrics:{name}')
         inference = self.mapping(val, 'inference', 'val:inference', required=False)
         if inference is not None:
             self.arguments(inference, 'val:inference', InferenceNetwork, passed=('net',), skip=())
@@ -504,26 +593,46 @@ class _Checker:
 
 def install():
     """Make BasicSR's ``train_pipeline`` and ``test_pipeline`` check the option file before they parse it, whichever
-    script runs them (``usaid-train``, ``python basicsr/train.py`` in a BasicSR checkout, torchrun)."""
+    script runs them: ``usaid-train``, torchrun, and BasicSR's own ``train.py``/``test.py`` run as scripts (from a
+    checkout or from the installed package), whose ``from basicsr.utils.options import parse_options`` runs after
+    ``import basicsr`` has imported U-SAID (``usaid_autoload``), so the name is replaced at its source.
+
+    A script run as ``__main__`` defines its own ``load_resume_state``, which no module-level fix reaches: the checked
+    parser hands the calling script's namespace to :func:`usaid.compat.adopt_script`. An :class:`~usaid.errors.
+    USAIDError` that such a script does not catch is printed as one message (exit status 1), as ``usaid-train`` does.
+    """
     import basicsr.test
     import basicsr.train
-    from basicsr.utils.options import parse_options
+    import basicsr.utils.options
 
-    def checked(parse):
-        def parse_options_checked(root_path, is_train=True):
-            check_option_file(_option_file_argument(), is_train)
-            opt, args = parse(root_path, is_train)
-            if args.force_yml:  # changed after the check: check the result as well
-                check_options(opt, f'{args.opt} with --force_yml', is_train)
-            return opt, args
+    from usaid import compat
 
-        parse_options_checked.__doc__ = f'{parse.__doc__ or ""}\n(Checked first by usaid.options.check_options.)'
-        return parse_options_checked
+    parse = basicsr.utils.options.parse_options
+    if getattr(parse, 'usaid_checked', False):
+        return
 
-    if not getattr(basicsr.train.parse_options, 'usaid_checked', False):
-        basicsr.train.parse_options = checked(parse_options)
-        basicsr.test.parse_options = checked(parse_options)
-        basicsr.train.parse_options.usaid_checked = basicsr.test.parse_options.usaid_checked = True
+    def parse_options_checked(root_path, is_train=True):
+        compat.adopt_script(sys._getframe(1).f_globals)  # the namespace of the pipeline that called us
+        check_option_file(_option_file_argument(), is_train)
+        return parse(root_path, is_train)  # usaid.compat.force_yml_checked checks --force_yml's result
+
+    parse_options_checked.__doc__ = f'{parse.__doc__ or ""}\n(Checked first by usaid.options.check_options.)'
+    parse_options_checked.usaid_checked = True
+    for module in (basicsr.utils.options, basicsr.train, basicsr.test):
+        module.parse_options = parse_options_checked
+    sys.excepthook = _message_for_usaid_errors(sys.excepthook)
+
+
+def _message_for_usaid_errors(excepthook):
+    """``excepthook`` that prints a :class:`~usaid.errors.USAIDError` as ``<program>: <message>`` (a mistake in the
+    input, not a bug: no traceback) and leaves every other exception to ``excepthook``."""
+    def print_message(kind, error, traceback):
+        if isinstance(error, USAIDError):
+            print(f'{osp.basename(sys.argv[0]) or "python"}: {error}', file=sys.stderr)
+        else:
+            excepthook(kind, error, traceback)
+
+    return print_message
 
 
 def _option_file_argument():

@@ -7,11 +7,10 @@ TensorBoard logs and checkpoints go under the current directory. Also ``python -
 import os
 import sys
 
-import torch.distributed as dist
-
 import usaid  # noqa: F401  (applies the compatibility fixes and registers U-SAID)
 from basicsr.train import train_pipeline
 
+from usaid import compat
 from usaid.errors import USAIDError
 
 
@@ -19,12 +18,8 @@ def main():
     try:
         train_pipeline(os.getcwd())
     except USAIDError as error:  # a message for the user, not a bug: no traceback
+        compat.note_failure()
         sys.exit(f'usaid-train: {error}')
-    # BasicSR never destroys its process group; gloo's worker threads then abort the interpreter's exit now and then
-    # ("terminate called without an active exception", pytorch/pytorch#190489). Only after success: a rank that
-    # failed must not wait in a collective teardown.
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
 
 
 if __name__ == '__main__':

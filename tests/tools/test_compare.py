@@ -8,6 +8,8 @@ import torch
 from basicsr.archs import build_network
 
 from tests.conftest import CHECKPOINTS, console_script, run, smooth_image, write_options
+from usaid.inference import InferenceNetwork
+from usaid.tools import compare as compare_tool
 from usaid.tools.compare import compare
 from usaid.tools.convert import convert
 
@@ -94,3 +96,105 @@ def test_a_released_file_gives_the_results_of_its_converted_checkpoint(test_set,
     rows, _ = compare(models, [test_set], [25], str(tmp_path / 'out'), niqe='off')
     by_model = {(r['model'], r['metric']): r['value'] for r in rows}
     assert by_model[('released', 'psnr')] == by_model[('converted', 'psnr')] > 22  # the noisy input: ~20.2 dB
+
+
+def small_set(folder, count=2, extension='png'):
+    """``count`` 40 x 48 images: small, for the tests that are about names and keys rather than metrics."""
+    folder.mkdir(parents=True)
+    for i in range(count):
+        cv2.imwrite(str(folder / f'p{i}.{extension}'), smooth_image(np.random.default_rng(i), 40, 48))
+    return str(folder)
+
+
+def compare_main(argv):
+    """usaid-compare in this process; returns its one-line message if it stops."""
+    with pytest.raises(SystemExit) as stop:
+        compare_tool.main(argv)
+    message = str(stop.value.code)
+    assert message.startswith('usaid-compare: ')
+    return message
+
+
+def test_two_models_or_two_datasets_of_one_name_are_refused_before_anything_runs(tmp_path):
+    a, b = model_file(tmp_path, 'a', TINY_USAID, 0), model_file(tmp_path, 'b', TINY_USAID, 1)
+    first, second = small_set(tmp_path / 'x' / 'photos'), small_set(tmp_path / 'y' / 'photos')
+    out = tmp_path / 'out'
+    assert compare_main(['-m', f'same={a}', '-m', f'same={b}', '-d', first, '-o', str(out)]) == (
+        f"usaid-compare: --model same={a} and --model same={b}: two models named 'same', and the table tells models "
+        'by their name; expected a distinct NAME for each model.')
+    message = compare_main(['-m', f'a={a}', '-d', first, '-d', second, '-o', str(out)])
+    assert message == (f"usaid-compare: --dataset {first} and --dataset {second}: both are named 'photos', and the "
+                       'table and file names tell datasets by their folder name; expected distinct folder names (give '
+                       'one through a link of another name).')
+    assert not out.exists()
+
+
+@pytest.mark.parametrize('name, problem', [('../escaped', 'it holds a path separator'),
+                                           ('a/b', 'it holds a path separator'), ('..', 'it names a folder'),
+                                           ('new\nline', 'it holds a control character'),
+                                           ('x' * 101, 'it is longer than 100 bytes')])
+def test_model_names_that_are_not_one_file_name_are_refused(tmp_path, name, problem):
+    photos = small_set(tmp_path / 'sets' / 'photos')
+    before = sorted(tmp_path.rglob('*'))
+    message = compare_main(['-m', f'{name}={model_file(tmp_path, "a", TINY_USAID, 0)}', '-d', photos,
+                            '-o', str(tmp_path / 'deep' / 'out'), '--niqe', 'off'])
+    assert message.startswith(f'usaid-compare: --model NAME {name!r}: {problem}; it is used in file names, so '
+                              'expected one file name')
+    assert sorted(tmp_path.rglob('*')) == sorted(before + [tmp_path / 'a.pth', tmp_path / 'a.yml'])
+
+
+@pytest.mark.parametrize('where', ['same', 'inside', 'containing'])
+def test_an_output_folder_among_the_test_images_is_refused(tmp_path, where):
+    photos = small_set(tmp_path / 'photos')
+    out = {'same': tmp_path / 'photos', 'inside': tmp_path / 'photos' / 'out', 'containing': tmp_path}[where]
+    with pytest.raises(ValueError, match=f'--output {out} is .*--dataset {photos}: the results would be written '
+                                         'among the test images'):
+        compare({'a': model_file(tmp_path, 'a', TINY_USAID, 0)}, [photos], [25], str(out))
+    assert sorted(p.name for p in (tmp_path / 'photos').iterdir()) == ['p0.png', 'p1.png']
+
+
+@pytest.mark.parametrize('sigmas, crop_sigma, expected', [
+    ([25, 25.0], None, '--sigma 25 25: 25 given more than once; expected each noise level once.'),
+    ([float('nan')], None, '--sigma nan: expected a finite noise level >= 0'),
+    ([-5], None, '--sigma -5: expected a finite noise level >= 0'),
+    ([15, 25], 50, '--crop-sigma 50: not one of the --sigma values (15, 25); expected one of them'),
+])
+def test_noise_levels_are_checked_before_anything_runs(tmp_path, sigmas, crop_sigma, expected):
+    with pytest.raises(ValueError) as error:
+        compare({'a': model_file(tmp_path, 'a', TINY_USAID, 0)}, [small_set(tmp_path / 'photos')], sigmas,
+                str(tmp_path / 'out'), crop_sigma=crop_sigma)
+    assert str(error.value).startswith(expected) and not (tmp_path / 'out').exists()
+
+
+def test_the_cache_is_keyed_by_content_not_by_name_and_size(tmp_path):
+    photos = small_set(tmp_path / 'photos', extension='bmp')  # uncompressed: other pixels, same byte size
+    models = {'a': model_file(tmp_path, 'a', TINY_USAID, 0)}
+    first, reused = compare(models, [photos], [25], str(tmp_path / 'out'), niqe='off')
+    size = (tmp_path / 'photos' / 'p0.bmp').stat().st_size
+    cv2.imwrite(str(tmp_path / 'photos' / 'p0.bmp'), smooth_image(np.random.default_rng(9), 40, 48))
+    assert (tmp_path / 'photos' / 'p0.bmp').stat().st_size == size
+    again, reused = compare(models, [photos], [25], str(tmp_path / 'out'), niqe='off')
+    assert reused == 0 and again != first
+
+
+def test_the_inference_switches_reach_the_network_and_the_cache_key(tmp_path, monkeypatch):
+    from usaid.models import usaid_model
+
+    made = []
+
+    def recording(net, **options):
+        made.append(options)
+        return InferenceNetwork(net, **options)
+
+    monkeypatch.setattr(usaid_model, 'InferenceNetwork', recording)
+    argv = ['-m', f'a={model_file(tmp_path, "a", TINY_USAID, 0)}', '-d', small_set(tmp_path / 'photos'),
+            '-o', str(tmp_path / 'out'), '--niqe', 'off']
+    compare_tool.main(argv)
+    default = {'fold_bn': True, 'conv_algo': 'auto', 'channels_last': True, 'precision': 'fp32'}
+    assert made and all(options == default for options in made)
+    made.clear()
+    compare_tool.main(argv + ['--no-fold-bn', '--conv-algo', 'direct'])  # not the cached result of other switches
+    assert made and all(options == {**default, 'fold_bn': False, 'conv_algo': 'direct'} for options in made)
+    made.clear()
+    compare_tool.main(argv + ['--no-fold-bn', '--conv-algo', 'direct'])
+    assert not made  # the same switches again: from the cache

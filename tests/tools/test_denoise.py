@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
-from tests.conftest import CHECKPOINTS, KODAK24, console_script, run, smooth_image
+from tests.conftest import CHECKPOINTS, KODAK24, console_script, file_size_limit, run, smooth_image
 from usaid.archs import USAID
-from usaid.tools.denoise import denoise
+from usaid.inference import InferenceNetwork
+from usaid.tools import denoise as denoise_tool
+from usaid.tools.denoise import denoise, main
 
 needs_released = pytest.mark.skipif(not ((CHECKPOINTS / 'USAID.pth').exists() and KODAK24.exists()),
                                     reason='released checkpoints or Kodak24 not found')
@@ -112,3 +115,166 @@ def test_memory_stays_bounded_on_a_4000_by_3000_photo(tmp_path, tiny_weights):
     # the untiled run holds full-size activations; the tiled one only the image, the result and one tile's
     assert untiled - tiled > 500, (tiled, untiled)
     assert tiled < 2048, tiled  # O(image): the 8-bit input, its float copy, the result and its 8-bit copy
+
+
+def refused(argv, *expected):
+    """Run usaid-denoise in this process; it must stop with one message holding every ``expected`` part."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    message = str(stop.value.code)
+    assert message.startswith('usaid-denoise: ') and all(part in message for part in expected), message
+    return message
+
+
+def tree(folder):
+    """Every file under ``folder`` with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+@pytest.fixture
+def photos(tmp_path):
+    folder = tmp_path / 'photos'
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ('a', 'b'):
+        cv2.imwrite(str(folder / f'{name}.png'), smooth_image(rng, 30, 40))
+    return folder
+
+
+def test_an_output_that_is_the_input_is_refused_unless_overwrite(tmp_path, tiny_weights, photos):
+    before = tree(tmp_path)
+    photo = str(photos / 'a.png')
+    refused([photo, photo] + tiny_weights, f'OUTPUT {photo}: would replace the input {photo}', '--overwrite')
+    refused([photo, str(photos)] + tiny_weights, 'would replace the input')  # the folder: photos/a.png again
+    refused([str(photos), str(photos)] + tiny_weights, 'is the same path as INPUT', '--overwrite')
+    refused([str(photos), str(photos / 'denoised')] + tiny_weights, 'is inside INPUT')
+    refused([str(photos), str(tmp_path)] + tiny_weights, 'is a folder containing INPUT')
+    (tmp_path / 'link').symlink_to(photos)
+    refused([str(photos), str(tmp_path / 'link')] + tiny_weights, 'is the same path as INPUT')  # links resolved
+    assert tree(tmp_path) == before
+
+    result = run([console_script('usaid-denoise'), photo, photo, '--overwrite'] + tiny_weights, cwd=tmp_path)
+    assert '1 image(s) denoised' in result.stdout
+    assert (photos / 'a.png').read_bytes() != before['photos/a.png'] and cv2.imread(photo).shape == (30, 40, 3)
+    assert sorted(p.name for p in photos.iterdir()) == ['a.png', 'b.png']  # no temporary file left
+
+
+def test_existing_outputs_are_kept_unless_overwrite(tmp_path, tiny_weights, photos):
+    (tmp_path / 'out').mkdir()
+    (tmp_path / 'out' / 'b.png').write_bytes(b'my own file')
+    refused([str(photos), str(tmp_path / 'out')] + tiny_weights, '1 output file(s) exist already', 'b.png')
+    assert tree(tmp_path / 'out') == {'b.png': b'my own file'}
+    main([str(photos), str(tmp_path / 'out'), '--overwrite'] + tiny_weights)
+    assert cv2.imread(str(tmp_path / 'out' / 'b.png')).shape == (30, 40, 3)
+
+
+def test_inputs_that_would_share_an_output_name_are_refused_before_anything_is_written(tmp_path, tiny_weights,
+                                                                                       photos):
+    cv2.imwrite(str(photos / 'a.jpg'), cv2.imread(str(photos / 'a.png')))
+    refused([str(photos), str(tmp_path / 'out')] + tiny_weights, 'out/a.png from', 'a.jpg and', 'a.png;',
+            'nothing was written', 'rename or move')
+    refused([str(photos), str(tmp_path / 'out'), '--overwrite'] + tiny_weights, 'several inputs')  # never both
+    (photos / 'a.jpg').unlink()
+    cv2.imwrite(str(photos / 'b_side_by_side.png'), cv2.imread(str(photos / 'a.png')))
+    refused([str(photos), str(tmp_path / 'out'), '--side-by-side'] + tiny_weights, 'out/b_side_by_side.png from')
+    assert not (tmp_path / 'out').exists()
+
+
+def test_exif_orientation_is_applied(tmp_path, tiny_weights):
+    """A camera's portrait photo: landscape pixels and EXIF orientation 6 (turn 90 degrees clockwise to view)."""
+    pixels = smooth_image(np.random.default_rng(0), 30, 48)
+    image = Image.fromarray(pixels[..., ::-1])
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(tmp_path / 'portrait.jpg', exif=exif.tobytes(), quality=95)
+    upright = cv2.imread(str(tmp_path / 'portrait.jpg'), cv2.IMREAD_COLOR)  # OpenCV turns it as viewers do
+    assert upright.shape == (48, 30, 3)
+    cv2.imwrite(str(tmp_path / 'upright.png'), upright)
+    main([str(tmp_path / 'portrait.jpg'), str(tmp_path / 'from_jpeg.png')] + tiny_weights)
+    main([str(tmp_path / 'upright.png'), str(tmp_path / 'from_png.png')] + tiny_weights)
+    assert np.array_equal(cv2.imread(str(tmp_path / 'from_jpeg.png')), cv2.imread(str(tmp_path / 'from_png.png')))
+    help_text = subprocess.run([console_script('usaid-denoise'), '--help'], capture_output=True, text=True).stdout
+    assert 'EXIF orientation is applied' in ' '.join(help_text.split())
+
+
+@pytest.mark.parametrize('option, expected', [
+    (['--tile', '-5'], '--tile -5: expected 0 (the whole image at once) or a tile size >= 16 pixels; a negative'),
+    (['--tile', '3'], '--tile 3: expected 0 (the whole image at once) or a tile size >= 16 pixels; a 3-pixel tile'),
+    (['--tile-overlap', '-1'], '--tile-overlap -1: expected an integer >= 0'),
+    (['--add-noise', 'nan'], '--add-noise nan: expected a finite noise level >= 0'),
+    (['--add-noise', 'inf'], '--add-noise inf: expected a finite noise level >= 0'),
+    (['--add-noise', '-3'], '--add-noise -3: expected a finite noise level >= 0'),
+    (['--seed', '-1'], '--seed -1: expected an integer from 0 to 4294967295'),
+    (['--seed', str(2 ** 32)], f'--seed {2 ** 32}: expected an integer from 0 to 4294967295'),
+    (['--threads', '0'], '--threads 0: expected an integer >= 1'),
+    (['--device', 'gpu9'], "--device 'gpu9': not a device name; expected auto, cpu, cuda or cuda:N"),
+])
+def test_invalid_numbers_and_devices_are_refused_up_front(tmp_path, tiny_weights, photos, option, expected):
+    refused([str(photos / 'a.png'), str(tmp_path / 'out.png')] + option + tiny_weights, expected)
+    assert not (tmp_path / 'out.png').exists()
+
+
+def test_a_gpu_that_is_not_there_is_named(tmp_path, tiny_weights, photos, monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 0)
+    refused([str(photos / 'a.png'), str(tmp_path / 'o.png'), '--device', 'cuda:3'] + tiny_weights,
+            '--device cuda:3: this machine has no GPU that torch can use', 'expected cpu')
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    refused([str(photos / 'a.png'), str(tmp_path / 'o.png'), '--device', 'cuda:3'] + tiny_weights,
+            '--device cuda:3: this machine has 2 GPU(s), cuda:0 to cuda:1')
+
+
+def test_the_output_extension_picks_the_format_and_a_lossy_one_is_refused(tmp_path, tiny_weights, photos):
+    main([str(photos / 'a.png'), str(tmp_path / 'out.jpg')] + tiny_weights)
+    assert (tmp_path / 'out.jpg').is_file() and (tmp_path / 'out.jpg').read_bytes()[:2] == b'\xff\xd8'  # a JPEG
+    cv2.imwrite(str(tmp_path / 'deep.png'), cv2.imread(str(photos / 'a.png')).astype(np.uint16) * 257)
+    refused([str(tmp_path / 'deep.png'), str(tmp_path / 'deep.jpg')] + tiny_weights,
+            'deep.jpg: .jpg cannot hold a 16-bit RGB image without loss', 'expected an output name ending with .png')
+    main([str(tmp_path / 'deep.png'), str(tmp_path / 'deep.tif')] + tiny_weights)
+    assert cv2.imread(str(tmp_path / 'deep.tif'), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+    refused([str(photos / 'a.png'), str(tmp_path / 'out.gif')] + tiny_weights, 'OUTPUT', 'out.gif: usaid-denoise '
+            'writes .png, .jpg', 'expected one of these extensions')
+    refused([str(photos), str(tmp_path / 'folder.jpg')] + tiny_weights, 'is a folder, so OUTPUT is a folder')
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(('out', 'deep', 'folder'))) == [
+        'deep.png', 'deep.tif', 'out.jpg']
+
+
+@pytest.mark.parametrize('kind', ['gif', 'png', 'webp', 'tif'])
+def test_images_of_several_frames_are_refused(tmp_path, tiny_weights, photos, kind):
+    frames = [Image.open(photos / 'a.png').convert('RGB'), Image.open(photos / 'b.png').convert('RGB')]
+    frames[0].save(photos / f'moving.{kind}', save_all=True, append_images=frames[1:])
+    refused([str(photos / f'moving.{kind}'), str(tmp_path / 'o.png')] + tiny_weights,
+            f'moving.{kind}: holds 2 frames', 'save the frames as separate images')
+    if kind != 'gif':  # a folder is read for its image extensions, .gif is not one
+        refused([str(photos), str(tmp_path / 'out')] + tiny_weights, f'moving.{kind}: holds 2 frames')
+    assert not (tmp_path / 'o.png').exists() and not (tmp_path / 'out').exists()
+
+
+def test_an_output_that_cannot_be_written_is_named(tmp_path, tiny_weights, photos):
+    (tmp_path / 'notes.txt').write_text('a file, not a folder')
+    result = subprocess.run([console_script('usaid-denoise'), str(photos), str(tmp_path / 'notes.txt' / 'out')]
+                            + tiny_weights, capture_output=True, text=True)
+    assert result.returncode == 1 and 'Traceback' not in result.stderr
+    assert result.stderr.strip() == (f'usaid-denoise: OUTPUT {tmp_path}/notes.txt/out: cannot be made, because '
+                                     f'{tmp_path}/notes.txt is a file, not a folder; expected a path under a folder.')
+    refused([str(photos / 'a.png'), str(tmp_path / 'notes.txt')] + tiny_weights, 'notes.txt: exists and is a file')
+
+
+def test_a_write_that_fails_half_way_keeps_what_was_written(tmp_path, tiny_weights, photos):
+    cv2.imwrite(str(photos / 'c.png'), smooth_image(np.random.default_rng(1), 300, 400))  # too big for the limit
+    with file_size_limit(64 * 1024):
+        message = refused([str(photos), str(tmp_path / 'out')] + tiny_weights, 'out/c.png: could not be written (File '
+                          'too large)', 'the images written before it are kept', '(2 of 3 image(s) written before.)')
+    assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['a.png', 'b.png'], message  # nothing partial
+
+
+def test_the_inference_switches_reach_the_network(tmp_path, tiny_weights, photos, monkeypatch):
+    made = []
+
+    def recording(net, **options):
+        made.append(options)
+        return InferenceNetwork(net, **options)
+
+    monkeypatch.setattr(denoise_tool, 'InferenceNetwork', recording)
+    main([str(photos / 'a.png'), str(tmp_path / 'o.png'), '--no-fold-bn', '--no-channels-last', '--conv-algo',
+          'direct'] + tiny_weights)
+    assert made == [{'fold_bn': False, 'conv_algo': 'direct', 'channels_last': False, 'precision': 'fp32'}]

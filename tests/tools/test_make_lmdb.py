@@ -1,4 +1,5 @@
 import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 import torch
 from basicsr.data import build_dataloader, build_dataset
 from basicsr.utils import set_random_seed
+from PIL import Image
 
 from tests.conftest import console_script, file_size_limit, run, tiny_options
 from usaid.data.resumable_sampler import ResumableSampler
@@ -101,3 +103,153 @@ def test_a_failing_write_leaves_no_lmdb_and_keeps_an_existing_one(image_folder, 
     assert {p.name: p.read_bytes() for p in out.iterdir()} == kept
     assert len(build_dataset({'name': 'kept', 'type': 'GaussianNoiseDataset', 'dataroot_gt': str(out), 'phase': 'val',
                               'io_backend': {'type': 'lmdb'}, 'sigma': 25})) == 2
+
+
+def tree(folder):
+    """Every file under ``folder`` with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+def read_back(lmdb_path):
+    """The validation samples GaussianNoiseDataset reads from an LMDB (sigma 0: the clean images)."""
+    dataset = build_dataset({'name': 'back', 'type': 'GaussianNoiseDataset', 'phase': 'val', 'sigma': 0,
+                             'dataroot_gt': str(lmdb_path), 'io_backend': {'type': 'lmdb'}})
+    return {sample['gt_path']: sample['gt'] for sample in dataset}
+
+
+@pytest.mark.parametrize('layout', ['same', 'inside', 'containing'])
+def test_an_out_that_is_inside_or_around_the_source_is_refused_even_with_overwrite(image_folder, tmp_path, layout):
+    source = tmp_path / 'set.lmdb' / 'images' if layout == 'containing' else tmp_path / 'set.lmdb'
+    source.mkdir(parents=True)
+    for name in ('a.png', 'b.png'):
+        (source / name).write_bytes((image_folder / 'val' / 'img0.png').read_bytes())
+    (source / 'notes.txt').write_text('my notes')
+    out = {'same': source, 'inside': source / 'sub.lmdb', 'containing': tmp_path / 'set.lmdb'}[layout]
+    before = tree(tmp_path)
+    result = subprocess.run([console_script('usaid-make-lmdb'), str(source), str(out), '--overwrite'],
+                            capture_output=True, text=True)
+    where = {'same': 'the same path as', 'inside': 'inside', 'containing': 'a folder containing'}[layout]
+    assert result.returncode == 1 and 'Traceback' not in result.stderr
+    assert result.stderr.startswith(f'usaid-make-lmdb: OUT {out} is {where} SOURCE {source}: '), result.stderr
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize('kind', ['extra file', 'not an lmdb', 'a file', 'a link'])
+def test_overwrite_replaces_only_an_lmdb_this_tool_wrote(image_folder, tmp_path, kind):
+    out = tmp_path / 'val.lmdb'
+    if kind == 'extra file':
+        make_lmdb(str(image_folder / 'val'), str(out))
+        (out / 'my_notes.txt').write_text('keep me')
+        expected = "it also holds 'my_notes.txt'"
+    elif kind == 'not an lmdb':
+        out.mkdir()
+        (out / 'meta_info.txt').write_text('img0.png (32,32,3) 1\n')
+        expected = 'it has no data.mdb'
+    elif kind == 'a file':
+        out.write_text('a file named like an LMDB')
+        expected = 'is a file, not an LMDB folder'
+    else:
+        (tmp_path / 'elsewhere').mkdir()
+        out.symlink_to(tmp_path / 'elsewhere')
+        expected = 'is a symbolic link to'
+    before = tree(tmp_path)
+    with pytest.raises(FileExistsError, match=expected) as error:
+        make_lmdb(str(image_folder / 'train'), str(out), overwrite=True)
+    assert '--overwrite replaces only' in str(error.value) and tree(tmp_path) == before
+    assert not list(tmp_path.glob('.*'))  # no partial LMDB, no lock file left
+
+
+def test_a_second_build_of_the_same_output_refuses_while_the_first_runs(image_folder, tmp_path):
+    out = tmp_path / 'train.lmdb'
+    make_lmdb(str(image_folder / 'val'), str(out))
+    kept = tree(out)
+    holder = subprocess.Popen([sys.executable, '-c', 'import sys; from usaid.paths import output_lock\n'
+                               f'with output_lock({str(out)!r}, "usaid-make-lmdb"):\n'
+                               '    print("held", flush=True); sys.stdin.read()'],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == 'held\n'
+        result = subprocess.run([console_script('usaid-make-lmdb'), str(image_folder / 'train'), str(out),
+                                 '--overwrite'], capture_output=True, text=True)
+        assert result.returncode == 1 and 'Traceback' not in result.stderr
+        message = result.stderr.strip()
+        assert message.startswith(f'usaid-make-lmdb: {out}: another usaid-make-lmdb (pid {holder.pid} on ')
+        assert message.endswith(') is writing it now; wait until it ends, or stop it, or choose another output.')
+        assert tree(out) == kept
+    finally:
+        holder.kill()  # killed, not ended: the kernel releases its lock, nothing stale is left
+        holder.wait()
+    make_lmdb(str(image_folder / 'train'), str(out), overwrite=True)
+    assert len(read_back(out)) == 4 and not list(tmp_path.glob('.*'))
+
+
+def test_two_builds_started_together_leave_one_complete_lmdb(image_folder, tmp_path):
+    out = tmp_path / 'train.lmdb'
+    command = [console_script('usaid-make-lmdb'), str(image_folder / 'train'), str(out), '--overwrite']
+    builds = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(b.wait(), b.stderr.read()) for b in builds]
+    assert any(code == 0 for code, _ in results), results
+    assert all(code == 0 or 'is writing it now' in err for code, err in results), results
+    assert len(read_back(out)) == 4 and sorted(p.name for p in out.iterdir()) == ['data.mdb', 'lock.mdb',
+                                                                                  'meta_info.txt']
+
+
+def test_names_with_white_space_or_not_ascii_are_refused_with_their_names(image_folder, tmp_path):
+    png = (image_folder / 'val' / 'img0.png').read_bytes()
+    source = tmp_path / 'src'
+    source.mkdir()
+    for name in ('my photo.png', 'tab\tname.png', 'fine.png'):
+        (source / name).write_bytes(png)
+    with pytest.raises(ValueError, match=r"2 image name\(s\) hold white space: .*my photo.png', .*tab\\tname.png'") \
+            as error:
+        make_lmdb(str(source), str(tmp_path / 'out.lmdb'))
+    assert 'rename them (e.g. spaces to _); nothing was written' in str(error.value)
+    for name in ('my photo.png', 'tab\tname.png'):
+        (source / name).unlink()
+    (source / 'café.png').write_bytes(png)
+    with pytest.raises(ValueError, match=r"1 image name\(s\) are not ASCII: .*café.png'; BasicSR encodes LMDB keys"):
+        make_lmdb(str(source), str(tmp_path / 'out.lmdb'))
+    assert not (tmp_path / 'out.lmdb').exists() and not list(tmp_path.glob('.*'))
+
+
+def test_non_ascii_folders_work_end_to_end(image_folder, tmp_path):
+    source = tmp_path / 'données'
+    source.mkdir()
+    (source / 'img0.png').write_bytes((image_folder / 'val' / 'img0.png').read_bytes())
+    out = tmp_path / 'résultats' / 'données.lmdb'
+    make_lmdb(str(source), str(out))
+    gt = read_back(out)['img0']
+    expected = cv2.imread(str(source / 'img0.png'))[..., ::-1] / 255.
+    assert torch.allclose(gt, torch.from_numpy(expected.copy()).permute(2, 0, 1).float(), atol=1e-7)
+
+
+def test_exif_orientation_is_applied_as_the_folder_reader_applies_it(tmp_path):
+    source = tmp_path / 'photos'
+    source.mkdir()
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (24, 40, 3), dtype=np.uint8))
+    exif = image.getexif()
+    exif[0x0112] = 8  # turn 90 degrees counter-clockwise to view
+    image.save(source / 'portrait.jpg', exif=exif.tobytes(), quality=95)
+    make_lmdb(str(source), str(tmp_path / 'photos.lmdb'))
+    assert (tmp_path / 'photos.lmdb' / 'meta_info.txt').read_text() == 'portrait.png (40,24,3) 1\n'
+    from_folder = build_dataset({'name': 'folder', 'type': 'GaussianNoiseDataset', 'phase': 'val', 'sigma': 0,
+                                 'dataroot_gt': str(source), 'io_backend': {'type': 'disk'}})[0]['gt']
+    assert from_folder.shape == (3, 40, 24) and torch.equal(read_back(tmp_path / 'photos.lmdb')['portrait'],
+                                                            from_folder)
+
+
+def test_a_compression_level_out_of_range_is_refused(image_folder, tmp_path):
+    result = subprocess.run([console_script('usaid-make-lmdb'), str(image_folder / 'val'), str(tmp_path / 'v.lmdb'),
+                             '--compress-level', '12'], capture_output=True, text=True)
+    assert result.returncode == 1 and result.stderr.strip() == (
+        'usaid-make-lmdb: --compress-level 12: expected a PNG compression level from 0 to 9.')
+
+
+def test_an_out_that_cannot_be_made_is_named_before_any_image_is_read(image_folder, tmp_path):
+    (tmp_path / 'notes.txt').write_text('a file, not a folder')
+    out = tmp_path / 'notes.txt' / 'set.lmdb'
+    result = subprocess.run([console_script('usaid-make-lmdb'), str(image_folder / 'val'), str(out)],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and result.stderr.strip() == (
+        f'usaid-make-lmdb: OUT {out}: cannot be made, because {tmp_path / "notes.txt"} is a file, not a folder; '
+        'expected a path under a folder.')

@@ -13,8 +13,10 @@ from torch import nn
 from tests.conftest import smooth_image
 from usaid.archs import USAID
 from usaid.errors import CheckpointError
+from usaid.inference import InferenceNetwork
 from usaid.segmentation import VOC_CLASSES, confusion_matrix, segmentation_scores
-from usaid.tools.segeval import SegevalError, build_segnet, main
+from usaid.tools import segeval as segeval_tool
+from usaid.tools.segeval import IMAGENET_MEAN, IMAGENET_STD, SegevalError, build_segnet, main
 
 VOC_PALETTE = [v for i in range(256) for v in ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)]
 
@@ -151,3 +153,121 @@ def test_bad_data_is_named(voc, tmp_path):
     (root / 'ImageSets' / 'Segmentation' / 'val.txt').unlink()
     with pytest.raises(SystemExit, match='val.txt does not exist; expected a VOC layout'):
         main(['--voc', str(root), '--segnet', 'tests.tools.test_segeval:TinySegNet'])
+
+
+class SegNetOf(nn.Module):
+    """A random segmentation network scoring ``classes`` classes, at the input's resolution divided by ``stride``."""
+
+    def __init__(self, classes=len(VOC_CLASSES), stride=1):
+        super().__init__()
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(3)
+        self.stride = stride
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, classes, 1))
+        torch.random.set_rng_state(generator_state)
+
+    def forward(self, x):
+        return {'out': self.body(nn.functional.avg_pool2d(x, self.stride, ceil_mode=True))}
+
+
+def ade_segnet():
+    return SegNetOf(150)  # ADE20K's classes
+
+
+def ten_class_segnet():
+    return SegNetOf(10)
+
+
+def stride_two_segnet():
+    return SegNetOf(stride=2)
+
+
+def segeval_refused(argv, expected):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert str(stop.value.code) == f'usaid-segeval: {expected}'
+
+
+@pytest.mark.parametrize('factory, classes', [('ade_segnet', 150), ('ten_class_segnet', 10)])
+def test_a_network_of_other_classes_is_refused_with_the_numbers(voc, tmp_path, factory, classes):
+    root, _ = voc
+    segeval_refused(['--voc', str(root), '--segnet', f'tests.tools.test_segeval:{factory}', '-s', '25',
+                     '-o', str(tmp_path / 'out')],
+                    f"--segnet: scores {classes} classes per pixel, but the labels are VOC's 21 classes (0-20; these "
+                    'images use classes up to 15); expected a network of 21 classes (VOC-label weights): the class '
+                    "indices of another label set do not mean VOC's classes.")
+    assert not (tmp_path / 'out').exists()
+
+
+def test_scores_at_a_lower_resolution_are_upsampled_to_the_labels(voc, tmp_path):
+    root, names = voc
+    main(['--voc', str(root), '--segnet', 'tests.tools.test_segeval:stride_two_segnet', '-s', '25',
+          '-o', str(tmp_path / 'out')])
+    net = stride_two_segnet().eval()
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    confusion = 0
+    for name in names:
+        rgb = np.asarray(Image.open(root / 'JPEGImages' / f'{name}.jpg').convert('RGB'), dtype=np.float64) / 255.
+        label = torch.from_numpy(np.asarray(Image.open(root / 'SegmentationClass' / f'{name}.png'), dtype=np.int64))
+        with torch.no_grad():
+            scores = net((torch.from_numpy(rgb).permute(2, 0, 1)[None].float() - mean) / std)['out']
+        assert scores.shape[-2:] == tuple((s + 1) // 2 for s in label.shape)
+        scores = nn.functional.interpolate(scores, size=label.shape, mode='bilinear', align_corners=False)
+        confusion = confusion + confusion_matrix(scores.argmax(1), label, 21)
+    row = read_csv(tmp_path / 'out' / 'segeval.csv')[('', 'clean')]
+    assert float(row['miou']) == pytest.approx(segmentation_scores(confusion)['miou'], abs=1e-12)
+
+
+def test_labels_outside_the_voc_classes_are_refused(voc, tmp_path):
+    root, names = voc
+    label_path = root / 'SegmentationClass' / f'{names[1]}.png'
+    label = np.asarray(Image.open(label_path)).copy()
+    label[5:8, 5:8] = 37
+    image = Image.fromarray(label, mode='P')
+    image.putpalette(VOC_PALETTE)
+    image.save(label_path)
+    segeval_refused(['--voc', str(root), '--segnet', 'tests.tools.test_segeval:TinySegNet', '-s', '25',
+                     '-o', str(tmp_path / 'out')],
+                    f"{label_path}: holds class index(es) 37, outside VOC's 0-20 (255 is ignored); expected a VOC "
+                    'label map (SegmentationClass, not SegmentationObject).')
+
+
+@pytest.mark.parametrize('option, expected', [
+    (['-s', 'nan'], '--sigma nan: expected a finite noise level >= 0 (0-255 scale), e.g. 25.'),
+    (['--batch-size', '0'], '--batch-size 0: expected an integer >= 1.'),
+    (['--limit', '-2'], '--limit -2: expected an integer >= 1.'),
+    (['--device', 'cuda:3'], '--device cuda:3: this machine has no GPU that torch can use '
+                             '(torch.cuda.device_count() is 0); expected cpu (or auto).'),
+    (['-w', 'a=x.pth', '-w', 'a=y.pth'], "--model 'a=y.pth': a second model named 'a', and the results tell models by "
+                                         'their name; expected a distinct NAME for each model.'),
+])
+def test_bad_options_are_refused_before_anything_runs(voc, tmp_path, monkeypatch, option, expected):
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 0)
+    torch.save({'params': USAID(num_feat=8, num_layers=3).state_dict()}, tmp_path / 'x.pth')
+    monkeypatch.chdir(tmp_path)
+    segeval_refused(['--voc', str(voc[0]), '--segnet', 'tests.tools.test_segeval:TinySegNet', '-o',
+                     str(tmp_path / 'out')] + option, expected)
+
+
+def test_an_output_folder_that_cannot_be_made_is_found_first(voc, tmp_path):
+    (tmp_path / 'file').write_text('not a folder')
+    segeval_refused(['--voc', str(voc[0]), '--segnet', 'tests.tools.test_segeval:TinySegNet', '-s', '25',
+                     '-o', str(tmp_path / 'file' / 'out')],
+                    f'--output {tmp_path}/file/out: cannot be made, because {tmp_path}/file is a file, not a folder; '
+                    'expected a path under a folder.')
+
+
+def test_the_inference_switches_reach_the_denoisers(voc, tmp_path, monkeypatch):
+    made = []
+
+    def recording(net, **options):
+        made.append(options)
+        return InferenceNetwork(net, **options)
+
+    monkeypatch.setattr(segeval_tool, 'InferenceNetwork', recording)
+    torch.save({'params': USAID(num_feat=8, num_layers=3).state_dict()}, tmp_path / 'tiny.pth')
+    (tmp_path / 'tiny.yml').write_text(f"network_g: {{type: USAID, num_feat: 8, num_layers: 3}}\n"
+                                       f"path: {{pretrain_network_g: {tmp_path / 'tiny.pth'}}}\n")
+    main(['--voc', str(voc[0]), '-w', f'tiny={tmp_path / "tiny.yml"}', '-s', '25', '--segnet',
+          'tests.tools.test_segeval:TinySegNet', '-o', str(tmp_path / 'out'), '--no-fold-bn', '--precision', 'bf16'])
+    assert made == [{'fold_bn': False, 'conv_algo': 'auto', 'channels_last': True, 'precision': 'bf16'}]

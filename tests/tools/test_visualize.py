@@ -1,6 +1,7 @@
 """usaid-visualize: one figure, panels of the expected size, metrics equal to BasicSR's on the same outputs."""
 import cv2
 import numpy as np
+import pytest
 import torch
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils import tensor2img
@@ -8,6 +9,8 @@ from basicsr.utils import tensor2img
 from tests.conftest import smooth_image, write_options
 from usaid.archs import USAID
 from usaid.data.gaussian_noise_dataset import add_protocol_noise
+from usaid.inference import InferenceNetwork
+from usaid.tools import visualize as visualize_tool
 from usaid.tools.visualize import DPI, PANEL_INCHES, main, visualize
 
 TINY = {'type': 'USAID', 'num_feat': 8, 'num_layers': 3}
@@ -61,3 +64,59 @@ def test_command_line_without_a_clean_reference(tmp_path, capsys):
     assert figure.shape[:2] == (int(3 * PANEL_INCHES * DPI), int(4 * PANEL_INCHES * DPI))  # input and two models
     out = capsys.readouterr().out
     assert 'dB' not in out and out.count('mean uncertainty') == 3 and 'fig.png' in out
+
+
+def visualize_refused(argv, expected):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert str(stop.value.code) == f'usaid-visualize: {expected}'
+
+
+@pytest.fixture
+def one_image(tmp_path):
+    cv2.imwrite(str(tmp_path / 'photo.png'), smooth_image(np.random.default_rng(1), 40, 56))
+    return [str(tmp_path / 'photo.png'), '-w', *tiny_checkpoints(tmp_path), '-opt',
+            str(write_options({'network_g': TINY}, tmp_path / 'net.yml')), '--usa-backbone', 'resnet18',
+            '--usa-pretrained', 'none']
+
+
+OUTSIDE = 'the window ({}) is not inside the image'
+
+
+@pytest.mark.parametrize('crop, problem', [((30, 4, 16), OUTSIDE.format('rows 30 to 45, columns 4 to 19')),
+                                           ((4, 50, 8), OUTSIDE.format('rows 4 to 11, columns 50 to 57')),
+                                           ((-1, 0, 8), OUTSIDE.format('rows -1 to 6, columns 0 to 7')),
+                                           ((4, 4, 0), 'a window of size 0 holds no pixel'),
+                                           ((4, 4, -3), 'a window of size -3 holds no pixel')])
+def test_a_crop_outside_the_image_is_refused_with_the_image_size(tmp_path, one_image, crop, problem):
+    top, left, size = crop
+    visualize_refused(one_image + ['--crop', str(top), str(left), str(size), '-o', str(tmp_path / 'fig.png')],
+                      f'--crop {top} {left} {size}: {problem}; the image is 40 x 56 pixels (height x width): expected '
+                      'SIZE >= 1, 0 <= TOP <= 40 - SIZE and 0 <= LEFT <= 56 - SIZE.')
+    assert not (tmp_path / 'fig.png').exists()
+
+
+def test_a_figure_path_that_would_replace_an_input_or_cannot_be_written_is_refused(tmp_path, one_image):
+    visualize_refused(one_image + ['-o', one_image[0]], f'--output {one_image[0]}: is the input {one_image[0]}, which '
+                      'the figure would replace; expected another file name.')
+    visualize_refused(one_image + ['-o', one_image[2]], f'--output {one_image[2]}: is the input {one_image[2]}, which '
+                      'the figure would replace; expected another file name.')
+    with pytest.raises(SystemExit, match=r"--output .*fig.xyz: matplotlib does not write xyz; expected a name ending "
+                                         r"with one of .*\.png"):
+        main(one_image + ['-o', str(tmp_path / 'fig.xyz')])
+    visualize_refused(one_image + ['-o', f'{one_image[0]}/fig.png'], f'--output {one_image[0]}/fig.png: cannot be '
+                      f'made, because {one_image[0]} is a file, not a folder; expected a path under a folder.')
+    visualize_refused(one_image + ['--add-noise', 'nan'], '--add-noise nan: expected a finite noise level >= 0 '
+                      '(0-255 scale), e.g. 25.')
+
+
+def test_the_inference_switches_reach_the_networks(tmp_path, one_image, monkeypatch):
+    made = []
+
+    def recording(net, **options):
+        made.append(options)
+        return InferenceNetwork(net, **options)
+
+    monkeypatch.setattr(visualize_tool, 'InferenceNetwork', recording)
+    main(one_image + ['-o', str(tmp_path / 'fig.png'), '--no-fold-bn', '--no-channels-last'])
+    assert made == 2 * [{'fold_bn': False, 'conv_algo': 'auto', 'channels_last': False, 'precision': 'fp32'}]

@@ -6,13 +6,17 @@ experiment folder of a training run (``experiments/<name>``: its option file and
 Each DATASET is a folder of clean images. For every model, dataset and sigma, BasicSR's test path runs (the
 dataset, dataloader and model that ``usaid-test`` builds, and the model's ``validation``) with the literature's
 protocol: ``GaussianNoiseDataset``, noise seeded with 0 per image, PSNR and SSIM on RGB without border crop, and
-NIQE where every image is at least 192 x 192 (two of NIQE's 96 x 96 blocks each way; with one block it is undefined).
+NIQE where every image holds two of NIQE's 96 x 96 blocks (usaid.metric_sizes; with one block it is undefined).
 
 Written to OUT: ``compare.md`` (one row per dataset, sigma and metric, one column per model, the best in bold),
 ``compare.csv`` (the same numbers: the test pipeline's own averages), ``compare_psnr.png`` (grouped bars), and
 ``compare_crops.png`` (the same crop of the first image of the first dataset from every model). Results are cached
-in ``OUT/cache``, keyed by the checkpoint's SHA-256, the network options, the dataset's files, sigma and the
-protocol; a model evaluated before is not run again.
+in ``OUT/cache``, keyed by content: the checkpoint's SHA-256, the network and inference options, the SHA-256 of every
+image of the dataset, sigma and the protocol; a model evaluated before is not run again.
+
+Model names and dataset folder names label the table and name files under OUT: each must be one file name (no
+``/``, ``..``), and two models (or two datasets) with the same label are refused before anything runs. OUT must lie
+apart from every dataset (not the same folder, not inside one, not around one).
 """
 import argparse
 import copy
@@ -32,17 +36,20 @@ matplotlib.use('Agg')  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
 from basicsr.data import build_dataloader, build_dataset  # noqa: E402
 from basicsr.models import build_model  # noqa: E402
-from basicsr.utils.options import ordered_yaml  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from usaid import yaml_io  # noqa: E402
+from usaid.arguments import check_sigma  # noqa: E402
 from usaid.checkpoint import load_checkpoint  # noqa: E402
 from usaid.data.gaussian_noise_dataset import add_protocol_noise, collect_images  # noqa: E402
 from usaid.errors import USAIDError  # noqa: E402
+from usaid.inference import add_inference_arguments, inference_options  # noqa: E402
+from usaid.metric_sizes import size_problem  # noqa: E402
 from usaid.options import check_options  # noqa: E402
+from usaid.paths import check_label, relation  # noqa: E402
 from usaid.tools.convert import convert  # noqa: E402
 
 METRICS = {
@@ -51,7 +58,6 @@ METRICS = {
     'niqe': {'type': 'calculate_niqe', 'crop_border': 0, 'better': 'lower'},
 }
 # BasicSR's NIQE fits a covariance over 96 x 96 blocks: one block gives NaN; two in each direction are enough
-NIQE_MIN_SIZE = 192
 PROTOCOL = {'noise_seed': 0, 'metrics': METRICS, 'version': 1}
 
 
@@ -72,11 +78,11 @@ def resolve_model(spec):
             raise ValueError(f'{spec}: expected an experiment folder with its option file (*.yml) and '
                              'models/net_g_latest.pth.')
         with open(options[0]) as f:
-            opt = yaml.load(f, Loader=ordered_yaml()[0])
+            opt = yaml_io.load(f)
         return dict(opt['network_g']), weights, 'params_ema' if (opt.get('train') or {}).get('ema_decay') else 'params'
     if spec.endswith(('.yml', '.yaml')):
         with open(spec) as f:
-            opt = yaml.load(f, Loader=ordered_yaml()[0])
+            opt = yaml_io.load(f)
         path_opt = opt.get('path') or {}
         weights = path_opt.get('pretrain_network_g')
         if not weights:
@@ -98,24 +104,64 @@ def _as_basicsr_checkpoint(weights, network_opt, folder):
 
 
 def dataset_key(root):
-    """What identifies a test set's content: its files' names and sizes."""
+    """What identifies a test set's content: its files' names and the SHA-256 of their bytes (an image replaced by
+    another of the same size is another test set)."""
     paths, _ = collect_images({'dataroot_gt': root, 'phase': 'test'})
-    listing = [(osp.relpath(p, root), osp.getsize(p)) for p in paths]
+    listing = [(osp.relpath(p, root), _sha256(p)) for p in paths]
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest(), paths
 
 
+def dataset_label(root):
+    """The name of a test set in the table and in file names: its folder's name (links resolved, so ``.`` too)."""
+    return osp.basename(osp.realpath(root))
+
+
+def check_jobs(models, datasets, sigmas, out_dir, crop_sigma):
+    """Refuse, before anything runs, what would write outside ``out_dir`` or report one result under another's
+    label: names that are not one file name, two datasets of one folder name, a sigma given twice or not a noise
+    level, an ``out_dir`` that is, lies inside or contains a dataset."""
+    for name in models:
+        check_label(name, '--model NAME')
+    labels = {}
+    for root in datasets:
+        label = check_label(dataset_label(root), f'--dataset {root}: its folder name')
+        if label in labels:
+            raise ValueError(f'--dataset {labels[label]} and --dataset {root}: both are named {label!r}, and the '
+                             'table and file names tell datasets by their folder name; expected distinct folder '
+                             'names (give one through a link of another name).')
+        labels[label] = root
+        where = relation(out_dir, root)
+        if where:
+            raise ValueError(f'--output {out_dir} is {where} --dataset {root}: the results would be written among '
+                             'the test images (and read as images next time); expected an output folder apart from '
+                             'every dataset.')
+    for sigma in sigmas:
+        check_sigma(sigma, '--sigma')
+    repeated = sorted({s for s in sigmas if sigmas.count(s) > 1})
+    if repeated:
+        raise ValueError(f'--sigma {" ".join(f"{s:g}" for s in sigmas)}: {", ".join(f"{s:g}" for s in repeated)} '
+                         'given more than once; expected each noise level once.')
+    if crop_sigma is not None and crop_sigma not in sigmas:
+        given = ', '.join(f'{s:g}' for s in sigmas)
+        raise ValueError(f'--crop-sigma {crop_sigma:g}: not one of the --sigma values ({given}); expected one of '
+                         'them, the noise level whose outputs compare_crops.png shows.')
+
+
 def niqe_applies(paths):
-    """Whether every image is at least NIQE's block size."""
+    """Whether NIQE can score every image (:mod:`usaid.metric_sizes`: two 96 x 96 blocks)."""
     for path in paths:
         with Image.open(path) as img:
-            if min(img.size) < NIQE_MIN_SIZE:
-                return False
+            width, height = img.size
+        if size_problem(METRICS['niqe'], height, width):
+            return False
     return True
 
 
-def evaluate(name, network_opt, weights, param_key, root, dataset_name, sigma, metrics, work_dir, save_img):
+def evaluate(name, network_opt, weights, param_key, root, dataset_name, sigma, metrics, work_dir, save_img,
+             inference=None):
     """One model on one dataset at one sigma through BasicSR's test path; returns the averaged metrics (the test
-    pipeline's own ``metric_results``)."""
+    pipeline's own ``metric_results``). ``inference``: the keyword arguments of the model's
+    :class:`~usaid.inference.InferenceNetwork` (BasicSR's ``val: inference``)."""
     opt = {
         'name': name, 'model_type': 'USAIDModel', 'num_gpu': torch.cuda.device_count(), 'manual_seed': 0,
         'datasets': {'test_1': {'name': dataset_name, 'type': 'GaussianNoiseDataset', 'dataroot_gt': root,
@@ -123,7 +169,8 @@ def evaluate(name, network_opt, weights, param_key, root, dataset_name, sigma, m
                                 'noise_seed': PROTOCOL['noise_seed']}},
         'network_g': copy.deepcopy(network_opt),
         'path': {'pretrain_network_g': weights, 'strict_load_g': True, 'param_key_g': param_key},
-        'val': {'save_img': save_img, 'suffix': name, 'metrics': copy.deepcopy({m: METRICS[m] for m in metrics})},
+        'val': {'save_img': save_img, 'suffix': name, 'metrics': copy.deepcopy({m: METRICS[m] for m in metrics}),
+                'inference': dict(inference or {})},
     }
     check_options(opt, f'usaid-compare: {name}', is_train=False)
     results_root = osp.join(work_dir, name)
@@ -139,9 +186,11 @@ def evaluate(name, network_opt, weights, param_key, root, dataset_name, sigma, m
     return {metric: float(value) for metric, value in model.metric_results.items()}
 
 
-def compare(models, datasets, sigmas, out_dir, use_cache=True, niqe='auto', crop_sigma=None):
+def compare(models, datasets, sigmas, out_dir, use_cache=True, niqe='auto', crop_sigma=None, inference=None):
     """Run (or reuse) every job; write the table, CSV and figures; return the rows of ``compare.csv`` and how many
-    jobs came from the cache."""
+    jobs came from the cache. ``inference``: keyword arguments of :class:`~usaid.inference.InferenceNetwork`."""
+    check_jobs(models, datasets, sigmas, out_dir, crop_sigma)
+    inference = dict(inference or {})
     os.makedirs(osp.join(out_dir, 'cache'), exist_ok=True)
     work_dir = osp.join(out_dir, 'runs')
     resolved = {}
@@ -150,7 +199,7 @@ def compare(models, datasets, sigmas, out_dir, use_cache=True, niqe='auto', crop
             network_opt, weights, param_key = resolve_model(spec)
             if not osp.isfile(weights):
                 raise ValueError(f'{name}: checkpoint {weights} does not exist.')
-            resolved[name] = (network_opt, weights, param_key)
+            resolved[name] = (network_opt, weights, param_key, _sha256(weights))
         sets = {}
         for root in datasets:
             key, paths = dataset_key(root)
@@ -161,13 +210,13 @@ def compare(models, datasets, sigmas, out_dir, use_cache=True, niqe='auto', crop
         rows, crops_from, reused = [], {}, 0
         progress = tqdm(jobs, unit='job', desc='usaid-compare')
         for name, root, sigma in progress:
-            network_opt, weights, param_key = resolved[name]
+            network_opt, weights, param_key, weights_hash = resolved[name]
             key, paths, metrics = sets[root]
             cache_key = hashlib.sha256(json.dumps(
-                [_sha256(weights), network_opt, param_key, key, sigma, metrics, PROTOCOL], sort_keys=True,
+                [weights_hash, network_opt, param_key, key, sigma, metrics, PROTOCOL, inference], sort_keys=True,
                 default=str).encode()).hexdigest()
             cache_file = osp.join(out_dir, 'cache', f'{cache_key}.json')
-            dataset_name = f'{osp.basename(osp.normpath(root))}_sigma{sigma:g}'
+            dataset_name = f'{dataset_label(root)}_sigma{sigma:g}'
             save_img = root == datasets[0] and sigma == crop_sigma
             crop_image = osp.join(work_dir, name, 'images', dataset_name,
                                   f'{osp.splitext(osp.basename(paths[0]))[0]}_{name}.png')
@@ -179,14 +228,14 @@ def compare(models, datasets, sigmas, out_dir, use_cache=True, niqe='auto', crop
             else:
                 weights_file = _as_basicsr_checkpoint(weights, network_opt, converted)
                 values = evaluate(name, network_opt, weights_file, param_key, root, dataset_name, sigma, metrics,
-                                  work_dir, save_img)
+                                  work_dir, save_img, inference)
                 with open(cache_file + '.partial', 'w') as f:
                     json.dump(values, f)
                 os.replace(cache_file + '.partial', cache_file)
             if save_img:
                 crops_from[name] = crop_image
             for metric, value in values.items():
-                rows.append({'model': name, 'dataset': osp.basename(osp.normpath(root)), 'sigma': sigma,
+                rows.append({'model': name, 'dataset': dataset_label(root), 'sigma': sigma,
                              'metric': metric, 'value': value})
     write_table(rows, list(models), out_dir)
     plot_bars(rows, list(models), osp.join(out_dir, 'compare_psnr.png'))
@@ -204,14 +253,18 @@ def write_table(rows, names, out_dir):
     table = {}
     for row in rows:
         table.setdefault((row['dataset'], row['sigma'], row['metric']), {})[row['model']] = row['value']
-    lines = ['| dataset | sigma | metric | ' + ' | '.join(names) + ' |', '|---|---|---|' + '---|' * len(names)]
+    def cell(text):  # a '|' in a name would split the Markdown cell
+        return text.replace('|', '\\|')
+
+    lines = ['| dataset | sigma | metric | ' + ' | '.join(map(cell, names)) + ' |',
+             '|---|---|---|' + '---|' * len(names)]
     for (dataset, sigma, metric), values in table.items():
         pick = min if METRICS[metric].get('better') == 'lower' else max
         best = pick(values.values())
         digits = 4 if metric == 'ssim' else 2
         cells = [(f'**{values[n]:.{digits}f}**' if values[n] == best else f'{values[n]:.{digits}f}')
                  if n in values else '' for n in names]
-        lines.append(f'| {dataset} | {sigma:g} | {metric.upper()} | ' + ' | '.join(cells) + ' |')
+        lines.append(f'| {cell(dataset)} | {sigma:g} | {metric.upper()} | ' + ' | '.join(cells) + ' |')
     with open(osp.join(out_dir, 'compare.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
 
@@ -262,18 +315,23 @@ def main(argv=None):
     parser.add_argument('-s', '--sigma', type=float, nargs='+', default=[25], help='noise levels (0-255 scale)')
     parser.add_argument('-o', '--output', default='results/compare', help='folder for the table, CSV and figures')
     parser.add_argument('--niqe', choices=('auto', 'on', 'off'), default='auto',
-                        help='auto: where every image is at least 192 x 192')
+                        help='auto: where every image holds two 96 x 96 blocks (e.g. 192 x 96)')
     parser.add_argument('--crop-sigma', type=float, help='the sigma of compare_crops.png (default: the middle one)')
     parser.add_argument('--no-cache', dest='cache', action='store_false', help='recompute every job')
+    add_inference_arguments(parser)
     args = parser.parse_args(argv)
     models = {}
     for entry in args.model:
         name, sep, spec = entry.partition('=')
         if not sep or not name or not spec:
             sys.exit(f'usaid-compare: --model {entry!r}: expected NAME=MODEL')
+        if name in models:
+            sys.exit(f'usaid-compare: --model {name}={models[name]} and --model {entry}: two models named {name!r}, '
+                     'and the table tells models by their name; expected a distinct NAME for each model.')
         models[name] = spec
     try:
-        rows, reused = compare(models, args.dataset, args.sigma, args.output, args.cache, args.niqe, args.crop_sigma)
+        rows, reused = compare(models, args.dataset, args.sigma, args.output, args.cache, args.niqe, args.crop_sigma,
+                               inference_options(args))
     except (ValueError, OSError, USAIDError) as error:
         sys.exit(f'usaid-compare: {error}')
     with open(osp.join(args.output, 'compare.md')) as f:

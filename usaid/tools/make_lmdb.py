@@ -3,9 +3,15 @@
 SOURCE is a folder of images (searched recursively), or, with ``--list``, the folder that holds the images a list
 file names (VOC 2012: ``--list ImageSets/Segmentation/train.txt --filename-tmpl '{}.jpg'`` over ``JPEGImages``).
 Images are stored as PNG with BasicSR's own encoder (16-bit PNGs stay 16-bit), keyed by their path relative to
-SOURCE without extension. The LMDB is written under a temporary name and renamed only once complete, so an
-interrupted run never leaves an ``OUT.lmdb`` that looks finished; an existing ``OUT.lmdb`` is kept unless
-``--overwrite`` is given.
+SOURCE without extension; EXIF orientation is applied, as BasicSR's folder readers (OpenCV) apply it, so the LMDB holds
+the images that the folder gives. Keys must be ASCII without white space (BasicSR encodes keys as ASCII, and its
+``meta_info.txt`` line ``name (h,w,c) level`` is split at spaces): other names are refused, listed, for renaming.
+
+The LMDB is written under a temporary name and renamed only once complete, so an interrupted run never leaves an
+``OUT.lmdb`` that looks finished. An existing ``OUT.lmdb`` is kept unless ``--overwrite`` is given, which replaces only
+an LMDB as this tool writes it (``data.mdb``, ``meta_info.txt`` and LMDB's ``lock.mdb``, nothing else). OUT is never
+SOURCE, inside it or around it. A lock (``.OUT.lmdb.lock`` beside it) keeps a second build of the same OUT from
+starting while one runs.
 """
 import argparse
 import os
@@ -13,17 +19,29 @@ import shutil
 import sys
 from os import path as osp
 
+import cv2
 import lmdb
 from basicsr.utils import scandir
-from basicsr.utils.lmdb_util import LmdbMaker, read_img_worker
+from basicsr.utils.lmdb_util import LmdbMaker
 from PIL import Image
 from tqdm import tqdm
 
 from usaid.data.gaussian_noise_dataset import IMAGE_EXTENSIONS
+from usaid.errors import USAIDError
+from usaid.image_io import read_upright
+from usaid.paths import check_writable, output_lock, relation
 
 # PNG at any compression level stores at most the raw samples plus one filter byte per row and small headers
 PNG_OVERHEAD_BYTES = 4096
 LMDB_SLACK = 1.1
+# what an LMDB of this tool holds: --overwrite deletes such a folder and nothing else
+LMDB_FILES = ('data.mdb', 'meta_info.txt')
+LMDB_OPTIONAL_FILES = ('lock.mdb',)  # made by LMDB itself when the database is opened for writing
+_LISTED = 5  # names quoted in a message
+
+
+def _listed(names):
+    return ', '.join(map(repr, names[:_LISTED])) + (f' and {len(names) - _LISTED} more' if len(names) > _LISTED else '')
 
 
 def list_images(source, list_file=None, filename_tmpl='{}'):
@@ -44,6 +62,16 @@ def list_images(source, list_file=None, filename_tmpl='{}'):
     dotted = [key for key, _ in pairs if '.' in key]
     if dotted:
         raise ValueError(f'key {dotted[0]!r}: BasicSR reads LMDB keys up to the first dot; rename such images.')
+    spaced = [path for key, path in pairs if any(c.isspace() for c in key)]
+    if spaced:
+        raise ValueError(f'{len(spaced)} image name(s) hold white space: {_listed(spaced)}; BasicSR\'s meta_info.txt '
+                         '(a line is "name (h,w,c) level") is split at spaces, so training could not read them back. '
+                         'Expected names without spaces: rename them (e.g. spaces to _); nothing was written.')
+    non_ascii = [path for key, path in pairs if not key.isascii()]
+    if non_ascii:
+        raise ValueError(f'{len(non_ascii)} image name(s) are not ASCII: {_listed(non_ascii)}; BasicSR encodes LMDB '
+                         'keys as ASCII to write and to read them. Expected ASCII names: rename them; nothing was '
+                         'written.')
     return pairs
 
 
@@ -59,40 +87,82 @@ def upper_bound_bytes(path):
     return height * (width * channels * bytes_per_sample + 1) + PNG_OVERHEAD_BYTES
 
 
+def encode_png(path, compress_level):
+    """``(PNG bytes, (h, w, c))`` of an image file, upright (EXIF orientation applied) as BasicSR's folder readers
+    see it, with its bit depth, gray and alpha kept."""
+    img = read_upright(path, 'an image of an LMDB')
+    _, data = cv2.imencode('.png', img, [cv2.IMWRITE_PNG_COMPRESSION, compress_level])
+    return data, (*img.shape[:2], 1 if img.ndim == 2 else img.shape[2])
+
+
+def check_replaceable(out, overwrite):
+    """Raise ``FileExistsError`` if ``out`` exists, unless ``overwrite`` is given and it is an LMDB as this tool
+    writes it, the only thing ``--overwrite`` may delete."""
+    if not osp.lexists(out):
+        return
+    if not overwrite:
+        raise FileExistsError(f'{out} exists; pass --overwrite to replace it.')
+    if osp.islink(out) or not osp.isdir(out):
+        kind = f'a symbolic link to {os.readlink(out)}' if osp.islink(out) else 'a file'
+        raise FileExistsError(f'{out} exists and is {kind}, not an LMDB folder; --overwrite replaces only an LMDB '
+                              'written by usaid-make-lmdb. Remove it yourself, or choose another OUT.')
+    entries = sorted(os.listdir(out))
+    others = [e for e in entries if e not in LMDB_FILES + LMDB_OPTIONAL_FILES or not osp.isfile(osp.join(out, e))
+              or osp.islink(osp.join(out, e))]
+    missing = [name for name in LMDB_FILES if name not in entries]
+    if others or missing:
+        found = f'it also holds {_listed(others)}' if others else f'it has no {" and ".join(missing)}'
+        raise FileExistsError(f'{out} exists and is not an LMDB written by usaid-make-lmdb ({found}); --overwrite '
+                              f'replaces only a folder of {" and ".join(LMDB_FILES)} (and lock.mdb), so nothing of '
+                              'yours is deleted. Move it away yourself, or choose another OUT.')
+
+
 def make_lmdb(source, out, list_file=None, filename_tmpl='{}', overwrite=False, compress_level=1):
     """Write the LMDB ``out`` (must end with ``.lmdb``); returns ``(number of images, bytes stored)``."""
     out = osp.abspath(out)
     if not out.endswith('.lmdb'):
         raise ValueError(f"{out}: an LMDB folder name must end with '.lmdb' (BasicSR's convention).")
-    if osp.exists(out) and not overwrite:
-        raise FileExistsError(f'{out} exists; pass --overwrite to replace it.')
+    if not 0 <= compress_level <= 9:
+        raise ValueError(f'--compress-level {compress_level}: expected a PNG compression level from 0 to 9.')
+    for what, path in (('SOURCE', source), ('--list', list_file)):
+        where = path and relation(out, path)
+        if where and (what == 'SOURCE' or where != 'inside'):
+            raise ValueError(f'OUT {out} is {where} {what} {path}: the LMDB would be written over what it is made '
+                             'from (and --overwrite would delete it); expected an OUT outside it, that does not hold '
+                             'it either.')
+    check_writable(out, 'OUT')
+    check_replaceable(out, overwrite)
     pairs = list_images(source, list_file, filename_tmpl)
     map_size = int(sum(upper_bound_bytes(path) for _, path in pairs) * LMDB_SLACK) + (1 << 20)
 
-    partial = osp.join(osp.dirname(out), f'.{osp.basename(out)[:-len(".lmdb")]}.partial.lmdb')
-    shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run
     os.makedirs(osp.dirname(out), exist_ok=True)
-    stored = 0
-    maker = LmdbMaker(partial, map_size=map_size, compress_level=compress_level)
-    try:
-        for key, path in tqdm(pairs, unit='image', desc=osp.basename(out)):
-            try:
-                _, img_byte, shape = read_img_worker(path, key, compress_level)
-            except AttributeError:  # cv2.imread returned None
-                raise ValueError(f'{path}: cannot be read as an image.') from None
-            maker.put(img_byte.tobytes(), key, shape)
-            stored += len(img_byte)
-        maker.close()
-    except (lmdb.Error, OSError) as error:  # a full disk surfaces as "mdb_txn_commit: Input/output error"
-        shutil.rmtree(partial, ignore_errors=True)
-        kept = f'the existing {out} is kept' if osp.exists(out) else f'no {osp.basename(out)} was made'
-        raise OSError(f'{out}: the LMDB could not be written ({error}); {kept}. Check the free disk space.') from error
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    if osp.exists(out):
-        shutil.rmtree(out)
-    os.replace(partial, out)
+    with output_lock(out, 'usaid-make-lmdb'):  # from here on, no other build of the same OUT runs
+        check_replaceable(out, overwrite)  # again: another build may have made OUT meanwhile
+        partial = osp.join(osp.dirname(out), f'.{osp.basename(out)[:-len(".lmdb")]}.partial.lmdb')
+        shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run
+        stored = 0
+        maker = LmdbMaker(partial, map_size=map_size, compress_level=compress_level)
+        try:
+            for key, path in tqdm(pairs, unit='image', desc=osp.basename(out)):
+                img_byte, shape = encode_png(path, compress_level)
+                maker.put(img_byte.tobytes(), key, shape)
+                stored += len(img_byte)
+            maker.close()
+        except (lmdb.Error, OSError) as error:  # a full disk surfaces as "mdb_txn_commit: Input/output error"
+            shutil.rmtree(partial, ignore_errors=True)
+            kept = f'the existing {out} is kept' if osp.exists(out) else f'no {osp.basename(out)} was made'
+            raise OSError(f'{out}: the LMDB could not be written ({error}); {kept}. Check the free disk space.') \
+                from error
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        if osp.lexists(out):  # the old LMDB is moved aside, not deleted, until the new one has its name
+            old = partial[:-len('.partial.lmdb')] + '.replaced.lmdb'
+            os.replace(out, old)
+            os.replace(partial, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(partial, out)
     return len(pairs), stored
 
 
@@ -103,12 +173,13 @@ def main(argv=None):
     parser.add_argument('--list', help='only the images this file names (first word per line)')
     parser.add_argument('--filename-tmpl', default='{}', help="file name of each listed name, e.g. '{}.jpg'")
     parser.add_argument('--compress-level', type=int, default=1, help='PNG compression level, 0-9')
-    parser.add_argument('--overwrite', action='store_true', help='replace an existing OUT')
+    parser.add_argument('--overwrite', action='store_true',
+                        help='replace an existing OUT, if it is an LMDB that this tool wrote (nothing else is deleted)')
     args = parser.parse_args(argv)
     try:
         count, stored = make_lmdb(args.source, args.out, args.list, args.filename_tmpl, args.overwrite,
                                   args.compress_level)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, USAIDError) as error:
         sys.exit(f'usaid-make-lmdb: {error}')
     print(f'Wrote {count} images ({stored / 2**20:.1f} MiB of PNG) to {osp.abspath(args.out)} '
           f"with meta_info.txt; read it with io_backend: {{type: lmdb}}, dataroot_gt: {args.out}")

@@ -4,7 +4,9 @@ The paper's second claim, as an evaluation of any denoiser with any segmentation
 protocol's noise (REFERENCE section 4: ``normal(0, sigma / 255)`` over the RGB float array, seeded with 0 per image,
 unclipped), is denoised by each model, and is segmented by a frozen network that never saw noise; ``clean`` (no
 noise) and ``noisy`` (no denoiser) are evaluated as references. What the segmentation network receives is an 8-bit
-image: the clean, noisy or denoised image clipped to [0, 1] and rounded, as if saved and reloaded.
+image: the clean, noisy or denoised image clipped to [0, 1] and rounded, as if saved and reloaded. Its scores are
+upsampled bilinearly to the label size where it gives them at a lower resolution (as torchvision's own segmentation
+models do inside); it must score VOC's 21 classes, and labels must hold VOC class indices (0-20, 255 ignored).
 
 Data: a VOC layout (``JPEGImages/*.jpg``, ``SegmentationClass/*.png`` palette label maps, the list
 ``ImageSets/Segmentation/<split>.txt``), or a folder pair (``--images``, ``--labels``, matched by file stem). Label
@@ -14,7 +16,7 @@ Segmentation network (``--segnet``): torchvision's ``deeplabv3_resnet50``, ``dee
 ``fcn_resnet50``, ``fcn_resnet101`` or ``lraspp_mobilenet_v3_large`` with their VOC-label weights (from
 torchvision's cache ``$TORCH_HOME/hub/checkpoints``, downloaded when possible, or ``--segnet-weights FILE``), or
 ``package.module:factory``, any importable callable that returns an ``nn.Module`` whose output (a tensor or a dict
-with ``out``) is (N, classes, H, W) logits.
+with ``out``) is (N, 21, H, W) logits (H, W: the input's size or a fraction of it).
 
 Written to OUT: ``segeval.csv`` (sigma, method, mIoU, pixel accuracy, PSNR, one column per class IoU) and
 ``segeval.md`` (the same as Markdown tables).
@@ -29,16 +31,19 @@ from os import path as osp
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import torchvision
 from basicsr.metrics import calculate_psnr
 from PIL import Image
 from tqdm import tqdm
 
+from usaid.arguments import check_at_least, check_sigma, resolve_device
 from usaid.checkpoint import check_fits, load_checkpoint
 from usaid.data.gaussian_noise_dataset import add_protocol_noise
 from usaid.errors import CheckpointError, USAIDError
-from usaid.inference import InferenceNetwork
-from usaid.segmentation import VOC_CLASSES, confusion_matrix, segmentation_scores
+from usaid.inference import InferenceNetwork, add_inference_arguments, inference_options
+from usaid.paths import check_writable
+from usaid.segmentation import IGNORE_INDEX, VOC_CLASSES, confusion_matrix, segmentation_scores
 from usaid.tools.compare import resolve_model
 from usaid.tools.denoise import load_denoiser
 
@@ -90,6 +95,11 @@ def read_pair(image_path, label_path):
     if label.shape != rgb.shape[:2]:
         raise SegevalError(f'{label_path}: {label.shape[0]}x{label.shape[1]}, but {image_path} is '
                            f'{rgb.shape[0]}x{rgb.shape[1]}; expected the same size.')
+    foreign = np.unique(label[(label >= len(VOC_CLASSES)) & (label != IGNORE_INDEX)])
+    if foreign.size:  # such pixels would silently count for nothing
+        raise SegevalError(f'{label_path}: holds class index(es) {", ".join(map(str, foreign[:5]))}, outside VOC\'s '
+                           f'0-{len(VOC_CLASSES) - 1} ({IGNORE_INDEX} is ignored); expected a VOC label map '
+                           '(SegmentationClass, not SegmentationObject).')
     return rgb, label
 
 
@@ -144,6 +154,27 @@ def batches_by_size(pairs, batch_size):
     return [group[i:i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
 
 
+def class_scores(output, labels):
+    """The (N, 21, H, W) class scores of a segmentation network's ``output`` (a tensor, or a dict with ``out``) for
+    ``labels`` (N, H, W): upsampled bilinearly where the network scores at a lower resolution; ``SegevalError``
+    with the numbers where it does not score VOC's classes for these images."""
+    logits = output['out'] if isinstance(output, dict) else output
+    num_classes = len(VOC_CLASSES)
+    if not torch.is_tensor(logits) or logits.ndim != 4 or logits.shape[0] != labels.shape[0]:
+        shape = tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__
+        raise SegevalError(f'--segnet: gave {shape} for a batch of {labels.shape[0]} image(s); expected (N, '
+                           f'{num_classes}, H, W) class scores (a tensor, or a dict with "out").')
+    if logits.shape[1] != num_classes:
+        used = int(labels[labels != IGNORE_INDEX].max()) if (labels != IGNORE_INDEX).any() else 0
+        raise SegevalError(f'--segnet: scores {logits.shape[1]} classes per pixel, but the labels are VOC\'s '
+                           f'{num_classes} classes (0-{num_classes - 1}; these images use classes up to {used}); '
+                           f'expected a network of {num_classes} classes (VOC-label weights): the class indices of '
+                           'another label set do not mean VOC\'s classes.')
+    if logits.shape[-2:] != labels.shape[-2:]:
+        logits = F.interpolate(logits.float(), size=labels.shape[-2:], mode='bilinear', align_corners=False)
+    return logits
+
+
 def segeval(pairs, denoisers, sigmas, segnet, device='cpu', batch_size=4, normalize=True):
     """``{(sigma, method): {'miou', 'pixel_accuracy', 'iou', 'psnr'}}`` for methods clean, noisy and each denoiser
     (``{name: nn.Module}``); sigma None for clean."""
@@ -159,8 +190,7 @@ def segeval(pairs, denoisers, sigmas, segnet, device='cpu', batch_size=4, normal
     def segment(method, sigma, images, labels, clean):
         with torch.inference_mode():
             output = segnet((images - mean) / std)
-        logits = output['out'] if isinstance(output, dict) else output
-        confusions[(sigma, method)] += confusion_matrix(logits.argmax(1), labels, num_classes)
+        confusions[(sigma, method)] += confusion_matrix(class_scores(output, labels).argmax(1), labels, num_classes)
         if clean is not None:
             for image, reference in zip(images, clean):
                 psnrs[(sigma, method)].append(calculate_psnr(
@@ -233,10 +263,21 @@ def main(argv=None):
                         help='feed [0, 1] images without ImageNet normalisation (for networks trained so)')
     parser.add_argument('--batch-size', type=int, default=4)
     parser.add_argument('--limit', type=int, help='only the first N images (a quick run)')
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--device', default='auto', help='auto (a GPU when there is one), cpu, cuda, cuda:1, ...')
     parser.add_argument('-o', '--output', default='results/segeval')
+    add_inference_arguments(parser)
     args = parser.parse_args(argv)
-    try:
+    try:  # the checks that cost nothing first: a long evaluation must not end in a mistake found at its end
+        for sigma in args.sigma:
+            check_sigma(sigma, '--sigma')
+        check_at_least(args.batch_size, 1, '--batch-size')
+        if args.limit is not None:
+            check_at_least(args.limit, 1, '--limit')
+        device = resolve_device(args.device)
+        if osp.exists(args.output) and not osp.isdir(args.output):
+            raise SegevalError(f'--output {args.output}: exists and is a file; expected a folder for segeval.csv and '
+                               'segeval.md.')
+        check_writable(args.output, '--output')
         if args.voc:
             pairs = voc_pairs(args.voc, args.split)
         elif not args.labels:
@@ -244,15 +285,21 @@ def main(argv=None):
         else:
             pairs = folder_pairs(args.images, args.labels)
         pairs = pairs[:args.limit] if args.limit else pairs
-        denoisers = {}
+        specs = {}
         for entry in args.model:
             name, sep, spec = entry.partition('=')
-            if not sep or name in ('clean', 'noisy'):
+            if not sep or not name or name in ('clean', 'noisy'):
                 raise SegevalError(f'--model {entry!r}: expected NAME=MODEL with a NAME other than clean and noisy.')
+            if name in specs:
+                raise SegevalError(f'--model {entry!r}: a second model named {name!r}, and the results tell models '
+                                   'by their name; expected a distinct NAME for each model.')
+            specs[name] = spec
+        denoisers = {}
+        for name, spec in specs.items():
             network_opt, weights, _ = resolve_model(spec)
-            denoisers[name] = InferenceNetwork(load_denoiser(weights, network_opt, args.device))
+            denoisers[name] = InferenceNetwork(load_denoiser(weights, network_opt, device), **inference_options(args))
         segnet = build_segnet(args.segnet, args.segnet_weights)
-        results = segeval(pairs, denoisers, args.sigma, segnet, args.device, args.batch_size, args.normalize)
+        results = segeval(pairs, denoisers, args.sigma, segnet, device, args.batch_size, args.normalize)
     except (USAIDError, ValueError, CheckpointError, OSError) as error:
         sys.exit(f'usaid-segeval: {error}')
     write_results(results, args.output)

@@ -22,17 +22,19 @@ matplotlib.use('Agg')  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
 from basicsr.metrics import calculate_psnr, calculate_ssim  # noqa: E402
 from basicsr.utils import tensor2img  # noqa: E402
-from basicsr.utils.options import ordered_yaml  # noqa: E402
+from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
+from usaid import yaml_io  # noqa: E402
 from usaid.archs.usanet_arch import BACKBONES  # noqa: E402
+from usaid.arguments import check_at_least, check_seed, check_sigma, resolve_device  # noqa: E402
 from usaid.data.gaussian_noise_dataset import add_protocol_noise  # noqa: E402
 from usaid.errors import CheckpointError  # noqa: E402
-from usaid.inference import InferenceNetwork  # noqa: E402
+from usaid.inference import InferenceNetwork, add_inference_arguments, inference_options  # noqa: E402
 from usaid.losses.usa_loss import USALoss  # noqa: E402
+from usaid.paths import check_writable, relation  # noqa: E402
 from usaid.tools.denoise import denoise, load_denoiser, read_image  # noqa: E402
 from usaid.visual import class_colours  # noqa: E402
 
@@ -46,15 +48,42 @@ def default_crop(height, width):
     return (height - size) // 2, (width - size) // 2, size
 
 
+def check_crop(crop, height, width):
+    """``crop`` (top, left, size) if the window lies inside an image of ``height`` x ``width`` pixels."""
+    top, left, size = crop
+    if size < 1 or top < 0 or left < 0 or top + size > height or left + size > width:
+        problem = (f'a window of size {size} holds no pixel' if size < 1 else f'the window (rows {top} to '
+                   f'{top + size - 1}, columns {left} to {left + size - 1}) is not inside the image')
+        raise ValueError(f'--crop {top} {left} {size}: {problem}; the image is {height} x {width} pixels (height x '
+                         f'width): expected SIZE >= 1, 0 <= TOP <= {height} - SIZE and 0 <= LEFT <= {width} - SIZE.')
+    return crop
+
+
+def check_figure_path(out_path, inputs):
+    """Refuse, before any work, a figure path that is one of the ``inputs`` (the image, a checkpoint), that cannot be
+    made, or whose extension matplotlib does not write."""
+    for path in inputs:
+        if relation(out_path, path) == 'the same path as':
+            raise ValueError(f'--output {out_path}: is the input {path}, which the figure would replace; expected '
+                             'another file name.')
+    extension = osp.splitext(out_path)[1][1:].lower()
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if extension not in formats:
+        raise ValueError(f'--output {out_path}: matplotlib does not write {extension or "files without an extension"}'
+                         f'; expected a name ending with one of .{", .".join(sorted(formats))}.')
+    check_writable(out_path, '--output')
+
+
 def visualize(image_path, weights, names=None, out_path='usaid_visualize.png', add_noise=None, seed=0,
-              network_opt=None, usa_opt=None, crop=None, device='cpu'):
+              network_opt=None, usa_opt=None, crop=None, device='cpu', inference=None):
     """Write the figure; returns ``rows``: for each row (noisy, clean, then each model) a dict with ``name``,
     ``image`` (H x W x 3 uint8 RGB), ``labels``, ``uncertainty`` and, with a clean reference, ``psnr`` and
-    ``ssim``."""
+    ``ssim``. ``inference``: keyword arguments of :class:`~usaid.inference.InferenceNetwork`."""
     rgb, _, _, _ = read_image(image_path)
     names = list(names or [osp.splitext(osp.basename(w))[0] for w in weights])
     if len(names) != len(weights):
         raise ValueError(f'--names: {len(names)} names for {len(weights)} checkpoints; expected one per checkpoint.')
+    crop = default_crop(*rgb.shape[:2]) if crop is None else check_crop(crop, *rgb.shape[:2])
     clean = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
     noisy = clean if add_noise is None else torch.from_numpy(
         add_protocol_noise(rgb, add_noise, seed).astype(np.float32)).permute(2, 0, 1)[None]
@@ -64,7 +93,7 @@ def visualize(image_path, weights, names=None, out_path='usaid_visualize.png', a
     if add_noise is not None:
         images.append(('clean', clean))
     for name, weight in zip(names, weights):
-        net = InferenceNetwork(load_denoiser(weight, network_opt, device))
+        net = InferenceNetwork(load_denoiser(weight, network_opt, device), **(inference or {}))
         with torch.inference_mode():
             images.append((name, denoise(net, noisy, tile=512, device=device)))
 
@@ -78,7 +107,7 @@ def visualize(image_path, weights, names=None, out_path='usaid_visualize.png', a
             row['psnr'] = calculate_psnr(row['image'], reference, crop_border=0, input_order='HWC')
             row['ssim'] = calculate_ssim(row['image'], reference, crop_border=0, input_order='HWC')
         rows.append(row)
-    draw(rows, usa_loss.net.num_classes, crop or default_crop(*rgb.shape[:2]), out_path)
+    draw(rows, usa_loss.net.num_classes, crop, out_path)
     return rows
 
 
@@ -122,18 +151,27 @@ def main(argv=None):
     parser.add_argument('--usa-pretrained', default='imagenet', help="imagenet, none, or a ResNet state dict file")
     parser.add_argument('--usa-init-seed', type=int, default=0, help="USANet's init_seed (the recipes use 0)")
     parser.add_argument('--num-classes', type=int, default=21)
-    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--device', default='auto', help='auto (a GPU when there is one), cpu, cuda, cuda:1, ...')
+    add_inference_arguments(parser)
     args = parser.parse_args(argv)
+    try:  # the checks that cost nothing first (the crop is checked against the image once it is read)
+        check_sigma(args.add_noise)
+        check_seed(args.seed)
+        check_at_least(args.num_classes, 1, '--num-classes')
+        device = resolve_device(args.device)
+        check_figure_path(args.output, [args.image, *args.weights] + ([args.opt] if args.opt else []))
+    except ValueError as error:
+        sys.exit(f'usaid-visualize: {error}')
     network_opt = None
     if args.opt:
         with open(args.opt) as f:
-            network_opt = yaml.load(f, Loader=ordered_yaml()[0])['network_g']
+            network_opt = yaml_io.load(f)['network_g']
     usa_opt = {'backbone': args.usa_backbone, 'pretrained': args.usa_pretrained, 'init_seed': args.usa_init_seed,
                'num_classes': args.num_classes}
     try:
         rows = visualize(args.image, args.weights, args.names, args.output, args.add_noise, args.seed, network_opt,
-                         usa_opt, args.crop, args.device)
-    except (ValueError, CheckpointError, RuntimeError) as error:
+                         usa_opt, args.crop, device, inference_options(args))
+    except (ValueError, CheckpointError, RuntimeError, OSError) as error:
         sys.exit(f'usaid-visualize: {error}')
     for row in rows:
         metrics = f"  {row['psnr']:.2f} dB  SSIM {row['ssim']:.4f}" if 'psnr' in row else ''
