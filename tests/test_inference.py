@@ -177,5 +177,6 @@ def test_sizes_a_network_cannot_take_are_padded_and_cropped_back():
 ])
 def test_a_network_that_is_no_restorer_at_scale_1_is_refused_with_what_it_does(net, message):
     fast = InferenceNetwork(net)
-    with torch.inference_mode(), pytest.raises(ValueError, match=f'cannot be used as a denoiser: it {message}'):
+    refused = f'cannot be used as a denoiser of 3-channel images: it {message}'
+    with torch.inference_mode(), pytest.raises(ValueError, match=refused):
         fast(torch.rand(1, 3, 50, 50))

@@ -69,3 +69,49 @@ def test_size_multiple_and_data_range_on_hand_made_networks():
     assert size_multiple(nn.Identity(), probe_example(3)) == 1
     shifted = data_range_offset(lambda x: x + 255 * 0.45, probe_example(3))
     assert shifted == pytest.approx(114.75, rel=1e-5)
+
+
+@pytest.mark.parametrize('batch, gt_size, refused', [(1, 32, True), (1, 16, True), (1, 33, False), (2, 16, False)])
+def test_a_usa_batch_with_one_value_per_channel_at_stride_32_is_refused(image_folder, batch, gt_size, refused):
+    """The refusal matches what the USA network itself does with such a batch (batch statistics)."""
+    opt = tiny_options(image_folder, batch_size_per_gpu=batch, gt_size=gt_size)
+    try:
+        check_options(opt, 'usa.yml', is_train=True)
+        problem = ''
+    except OptionError as error:
+        problem = str(error)
+    assert ('datasets:train:batch_size_per_gpu: found' in problem) == refused, problem
+    from usaid.archs import USANet
+    net = USANet(backbone='resnet18', pretrained='none')
+    try:
+        net(torch.rand(batch, 3, gt_size, gt_size))
+        fails = False
+    except ValueError:
+        fails = True
+    assert fails == refused
+
+
+def test_a_checkpoint_that_does_not_fit_is_refused_before_earlier_results_are_archived(image_folder, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import write_options
+    from usaid.archs import USAID
+
+    torch.save({'params': USAID(num_feat=16, num_layers=5).state_dict()}, tmp_path / 'net.pth')
+    opt = tiny_options(image_folder, name='fits')
+    test_opt = {'name': 'fits', 'model_type': 'USAIDModel', 'num_gpu': 0,
+                'datasets': {'test_1': opt['datasets']['val']}, 'network_g': {'type': 'USAID', 'num_feat': 8,
+                                                                             'num_layers': 5},
+                'path': {'pretrain_network_g': str(tmp_path / 'net.pth')},
+                'val': {'save_img': False, 'metrics': opt['val']['metrics']}}
+    earlier = tmp_path / 'results' / 'fits'
+    earlier.mkdir(parents=True)
+    (earlier / 'table.csv').write_text('earlier results\n')
+    option_file = write_options(test_opt, tmp_path / 't.yml')
+    result = subprocess.run([sys.executable, '-m', 'usaid.test', '-opt', str(option_file)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and 'Traceback' not in result.stderr
+    assert 'path:pretrain_network_g:' in result.stderr and 'dncnn.0.weight' in result.stderr
+    assert sorted(p.name for p in (tmp_path / 'results').iterdir()) == ['fits']  # nothing archived
+    assert (earlier / 'table.csv').read_text() == 'earlier results\n'

@@ -124,9 +124,15 @@ class InferenceNetwork(nn.Module):
         self.size_multiple = 1
         self.memory_format = torch.contiguous_format
 
-    def forward(self, x):
+    def prepare(self, x):
+        """Make the fast copy from ``x`` (an input like those to come) if it is not made yet; returns
+        :attr:`size_multiple`, the multiple the network needs image heights and widths to have."""
         if self.net is None:
             self._prepare(x)
+        return self.size_multiple
+
+    def forward(self, x):
+        self.prepare(x)
         height, width = x.shape[-2:]
         x = pad_to_multiple(x, self.size_multiple)
         with precision_autocast(self.device, self.precision):
@@ -141,7 +147,8 @@ class InferenceNetwork(nn.Module):
         try:
             self.size_multiple = size_multiple(self.plain, example)
         except ValueError as error:
-            raise ValueError(f'{type(self.plain).__name__} cannot be used as a denoiser: it {error}.') from None
+            raise ValueError(f'{type(self.plain).__name__} cannot be used as a denoiser of {example.shape[1]}-channel '
+                             f'images: it {error}.') from None
         example = pad_to_multiple(example, self.size_multiple)
         expected = self.plain(example)
         candidates = ([True] if self.fold_bn else []) + [False]

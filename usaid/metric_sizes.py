@@ -42,7 +42,7 @@ def size_problem(metric_opt, height, width):
         return None
     fits, needs = rule
     crop = metric_opt.get('crop_border', 0) or 0
-    cropped = (height - 2 * crop, width - 2 * crop)
+    cropped = (max(height - 2 * crop, 0), max(width - 2 * crop, 0))
     if fits(*cropped):
         return None
     after = f', {cropped[0]}x{cropped[1]} after crop_border {crop}' if crop else ''

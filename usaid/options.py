@@ -26,9 +26,11 @@ from basicsr.models import lr_scheduler
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
 from usaid import yaml_io
+from usaid.archs.usanet_arch import batch_statistics_problem
 from usaid.data.gaussian_noise_dataset import GaussianNoiseDataset, check_sigma, collect_images
 from usaid.data.image_scan import image_sizes
-from usaid.errors import OptionError, USAIDError
+from usaid.checkpoint import check_fits, load_checkpoint, network_state
+from usaid.errors import CheckpointError, OptionError, USAIDError
 from usaid.inference import CONV_ALGOS, PRECISIONS, InferenceNetwork
 from usaid.metric_sizes import size_problem
 from usaid.network_probe import MAX_DATA_RANGE_OFFSET, probe_network
@@ -298,7 +300,8 @@ class _Checker:
                 self.boolean(logger, 'use_tb_logger', 'logger:use_tb_logger')
                 self.mapping(logger, 'wandb', 'logger:wandb', required=False)
         self.val(opt, is_train)
-        self.network_runs(network)
+        self.network_runs(opt, network)
+        self.usa_batch_statistics(opt)
 
     def num_gpu(self, opt):
         value = opt.get('num_gpu')
@@ -538,7 +541,36 @@ class _Checker:
                 self.problem(path, f'{why} ({image}); {len(too_small)} of the {len(sizes)} images of {dataset_path} '
                                    'are too small; expected larger images, or this metric left out')
 
-    def network_runs(self, network):
+    def usa_batch_statistics(self, opt):
+        """The USA network with batch statistics can segment a training batch (:func:`~usaid.archs.usanet_arch.
+        batch_statistics_problem`): a batch of one 32x32 crop cannot be normalised."""
+        train_set = (opt.get('datasets') or {}).get('train')
+        usa = ((opt.get('train') or {}).get('usa_opt') or {}) if isinstance(opt.get('train'), dict) else {}
+        if not (isinstance(train_set, dict) and isinstance(usa, dict) and isinstance(usa.get('network'), dict)):
+            return
+        batch, gt_size = train_set.get('batch_size_per_gpu'), train_set.get('gt_size')
+        if _is_int(batch) and _is_int(gt_size) and batch > 0 and gt_size > 0:
+            problem = batch_statistics_problem(usa['network'].get('bn_mode', 'train'), batch, gt_size, gt_size)
+            if problem:
+                self.problem('datasets:train:batch_size_per_gpu', f'found {batch} with gt_size {gt_size}, but {problem}'
+                             ' (or train:usa_opt:network:bn_mode: eval)')
+
+    def checkpoint_fits(self, path_opt, network_opt, arch):
+        """``path:pretrain_network_g`` fits network_g (keys and shapes, with ``param_key_g`` and ``strict_load_g``):
+        checked here, because BasicSR loads it after making (and archiving) the run's folder."""
+        weights = (path_opt or {}).get('pretrain_network_g') if isinstance(path_opt, dict) else None
+        if not (isinstance(weights, str) and osp.isfile(osp.expanduser(weights))):
+            return
+        weights = osp.expanduser(weights)
+        try:
+            state = network_state(load_checkpoint(weights), weights, path_opt.get('param_key_g', 'params'))
+            with torch.random.fork_rng(devices=[]):
+                net = arch(**{k: v for k, v in network_opt.items() if k != 'type'})
+            check_fits(net, state, weights, path_opt.get('strict_load_g', True) is not False)
+        except CheckpointError as error:
+            self.problem('path:pretrain_network_g', f'{error} (expected a checkpoint of network_g)')
+
+    def network_runs(self, opt, network):
         """Build network_g and run it once on a small image (:mod:`usaid.network_probe`): it must restore an image
         at scale 1, take the training crops, and expect data in [0, 1]. Skipped if its options have problems."""
         if network is None or network[1] is None or any(p.startswith('network_g') for p in self.problems):
@@ -550,6 +582,7 @@ class _Checker:
         except ValueError as error:
             self.problem('network_g', str(error))
             return
+        self.checkpoint_fits(opt.get('path'), network_opt, arch)
         if offset > MAX_DATA_RANGE_OFFSET:
             range_keys = [k for k in inspect.signature(arch).parameters if 'range' in k or 'mean' in k or 'std' in k]
             self.problem('network_g', f'{name} shifts an image in [0, 1] by {offset:.0f} on average at initialisation: '

@@ -198,3 +198,12 @@ def test_the_inference_switches_reach_the_network_and_the_cache_key(tmp_path, mo
     made.clear()
     compare_tool.main(argv + ['--no-fold-bn', '--conv-algo', 'direct'])
     assert not made  # the same switches again: from the cache
+
+
+def test_metrics_an_image_is_too_small_for_are_left_out_with_a_note(tmp_path, capsys):
+    folder = tmp_path / 'tiny'
+    folder.mkdir()
+    cv2.imwrite(str(folder / 'p0.png'), smooth_image(np.random.default_rng(0), 9, 30))  # under SSIM's 11x11 window
+    rows, _ = compare({'a': model_file(tmp_path, 'a', TINY_USAID, 0)}, [str(folder)], [25], str(tmp_path / 'out'))
+    assert {row['metric'] for row in rows} == {'psnr'}
+    assert 'ssim left out: an image is too small for it' in capsys.readouterr().out

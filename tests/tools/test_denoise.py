@@ -278,3 +278,18 @@ def test_the_inference_switches_reach_the_network(tmp_path, tiny_weights, photos
     main([str(photos / 'a.png'), str(tmp_path / 'o.png'), '--no-fold-bn', '--no-channels-last', '--conv-algo',
           'direct'] + tiny_weights)
     assert made == [{'fold_bn': False, 'conv_algo': 'direct', 'channels_last': False, 'precision': 'fp32'}]
+
+
+def test_tiles_follow_the_size_multiple_of_a_network_that_needs_one():
+    """A network that unshuffles by 4 (RRDBNet at scale 1): tiles and overlaps that are not multiples of 4 are
+    rounded up, so the tiled result equals the untiled one; unaligned pieces would not."""
+    from tests.test_inference import Unshuffling
+    torch.manual_seed(0)
+    net = InferenceNetwork(Unshuffling().eval())
+    image = torch.rand(1, 3, 101, 123)
+    with torch.inference_mode():
+        whole = denoise(net, image, tile=0)
+        tiled = denoise(net, image, tile=50, overlap=30)
+        unaligned = torch.cat([net(image[..., :, :50]), net(image[..., :, 50:])], dim=-1)
+    assert torch.allclose(tiled, whole, atol=1e-5)
+    assert not torch.allclose(unaligned, whole, atol=1e-3)  # what the rounding prevents

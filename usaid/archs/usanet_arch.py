@@ -14,6 +14,23 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 BACKBONES = ('resnet18', 'resnet34', 'resnet50', 'resnet101')
 
 
+def batch_statistics_problem(bn_mode, batch, height, width):
+    """Why a USANet with ``bn_mode`` cannot segment ``batch`` images of ``height`` x ``width``, or None if it can.
+
+    With ``bn_mode: train`` (the original's) BatchNorm normalises with the batch's own statistics, which PyTorch
+    refuses for one value per channel: at the ResNet's deepest stage (stride 32, each of its five halvings rounding
+    up) a batch must hold at least two values, e.g. one image of 33 x 33 or more, or two images of any size.
+    """
+    deepest_h, deepest_w = height, width
+    for _ in range(5):
+        deepest_h, deepest_w = (deepest_h + 1) // 2, (deepest_w + 1) // 2
+    if bn_mode != 'train' or batch * deepest_h * deepest_w >= 2:
+        return None
+    return (f'the USA network (bn_mode: train, batch statistics) cannot segment {batch} image(s) of {height}x{width}: '
+            'its deepest stage (stride 32) would hold one value per channel; expected a batch of at least 2, or '
+            'images of at least 33x33')
+
+
 def imagenet_weights_path(backbone):
     """Where torchvision keeps (and looks for) the ImageNet weights of ``backbone``."""
     weights = torchvision.models.get_model_weights(backbone).IMAGENET1K_V1

@@ -4,6 +4,7 @@ from basicsr.archs import build_network
 from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
+from usaid.archs.usanet_arch import batch_statistics_problem
 from usaid.inference import check_precision, precision_autocast
 
 
@@ -60,6 +61,9 @@ class USALoss(nn.Module):
     def segmentation_maps(self, image):
         """``(labels, uncertainty)`` of (N, 3, H, W) images at full resolution: the arg-max class (N, H, W) and
         ``1 - p*`` (N, H, W) of the network's logits, upsampled bilinearly from the network's stride."""
+        problem = batch_statistics_problem(getattr(self.net, 'bn_mode', 'eval'), *image.shape[:1], *image.shape[-2:])
+        if problem:
+            raise ValueError(problem)
         logits = F.interpolate(self.segment(image), size=image.shape[-2:], mode='bilinear', align_corners=False)
         confidence, labels = torch.softmax(logits, dim=1).max(dim=1)
         return labels, 1 - confidence

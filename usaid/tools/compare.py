@@ -147,12 +147,13 @@ def check_jobs(models, datasets, sigmas, out_dir, crop_sigma):
                          'them, the noise level whose outputs compare_crops.png shows.')
 
 
-def niqe_applies(paths):
-    """Whether NIQE can score every image (:mod:`usaid.metric_sizes`: two 96 x 96 blocks)."""
+def metric_applies(metric, paths):
+    """Whether the metric ``metric`` (a key of :data:`METRICS`) can score every image (:mod:`usaid.metric_sizes`:
+    NIQE needs two 96 x 96 blocks, SSIM its 11 x 11 window)."""
     for path in paths:
         with Image.open(path) as img:
             width, height = img.size
-        if size_problem(METRICS['niqe'], height, width):
+        if size_problem(METRICS[metric], height, width):
             return False
     return True
 
@@ -172,7 +173,7 @@ def evaluate(name, network_opt, weights, param_key, root, dataset_name, sigma, m
         'val': {'save_img': save_img, 'suffix': name, 'metrics': copy.deepcopy({m: METRICS[m] for m in metrics}),
                 'inference': dict(inference or {})},
     }
-    check_options(opt, f'usaid-compare: {name}', is_train=False)
+    check_options(opt, f'--model {name}', is_train=False)
     results_root = osp.join(work_dir, name)
     opt.update(is_train=False, dist=False, rank=0, world_size=1, auto_resume=False)
     opt['path'].update(results_root=results_root, log=results_root, visualization=osp.join(results_root, 'images'))
@@ -203,7 +204,11 @@ def compare(models, datasets, sigmas, out_dir, use_cache=True, niqe='auto', crop
         sets = {}
         for root in datasets:
             key, paths = dataset_key(root)
-            metrics = ['psnr', 'ssim'] + (['niqe'] if niqe == 'on' or (niqe == 'auto' and niqe_applies(paths)) else [])
+            metrics = [m for m in ('psnr', 'ssim') if metric_applies(m, paths)]
+            metrics += ['niqe'] if niqe == 'on' or (niqe == 'auto' and metric_applies('niqe', paths)) else []
+            left_out = [m for m in ('psnr', 'ssim') if m not in metrics]
+            if left_out:
+                tqdm.write(f'usaid-compare: {root}: {", ".join(left_out)} left out: an image is too small for it')
             sets[root] = (key, paths, metrics)
         crop_sigma = crop_sigma if crop_sigma is not None else sigmas[len(sigmas) // 2]
         jobs = [(name, root, sigma) for name in models for root in datasets for sigma in sigmas]

@@ -96,11 +96,16 @@ def denoise(net, image, tile=None, overlap=32, device='cpu'):
     """Denoise a (1, C, H, W) CPU tensor; the result stays on the CPU. With ``tile``, the image is processed in
     ``tile`` x ``tile`` pieces, each read with ``overlap`` extra pixels of context on every side, which are dropped
     again: with ``overlap`` at least the network's receptive radius (20 for the default USAID) the result equals the
-    untiled one up to float rounding."""
+    untiled one up to float rounding. For a network that takes only sizes that are multiples of some number
+    (:attr:`InferenceNetwork.size_multiple`: SwinIR's window, RRDBNet's unshuffle), ``tile`` and ``overlap`` are
+    rounded up to multiples of it, so that every piece starts on the grid the whole image would use."""
     check_tiling(tile or 0, overlap)
     _, _, height, width = image.shape
     if not tile or (height <= tile and width <= tile):
         return net(image.to(device)).cpu()
+    if isinstance(net, InferenceNetwork):
+        multiple = net.prepare(image[..., :64, :64].to(device))
+        tile, overlap = -(-tile // multiple) * multiple, -(-overlap // multiple) * multiple
     output = torch.empty_like(image)
     for top in range(0, height, tile):
         for left in range(0, width, tile):
