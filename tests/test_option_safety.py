@@ -219,15 +219,16 @@ def problems(opt, is_train=True):
 @pytest.mark.parametrize('name', ['../data', '/tmp/abs', 'a/b', 'a\\b', '.hidden', '..', '.'])
 def test_an_experiment_name_is_one_folder_name(image_folder, name):
     assert problems(tiny_options(image_folder, name=name)) == [
-        f"name: found {name!r}; expected one folder name, without /, \\ or .. and not starting with '.': it names "
-        'experiments/<name>, results/<name> and tb_logger/<name>']
+        f"name: found {name!r}; expected one folder name, without /, \\, .. or control characters and not "
+        "starting with '.': it names experiments/<name>, results/<name> and tb_logger/<name>"]
 
 
 def test_a_test_set_name_is_one_folder_name_and_its_own(image_folder):
     opt = tiny_options(image_folder)
     opt['datasets']['val']['name'] = '../../x'
-    assert problems(opt) == ["datasets:val:name: found '../../x'; expected one folder name, without /, \\ or .. and "
-                             "not starting with '.': it names visualization/<name> and <name>.csv in the results"]
+    assert problems(opt) == ["datasets:val:name: found '../../x'; expected one folder name, without /, \\, .. or "
+                             "control characters and not starting with '.': it names visualization/<name> and "
+                             "<name>.csv in the results"]
     opt = tiny_options(image_folder)
     opt['datasets']['val_2'] = dict(opt['datasets']['val'], sigma=50)
     assert problems(opt) == ["datasets:val_2:name: found 'tiny_val', the name of datasets:val too; expected a name of "
@@ -278,3 +279,51 @@ def test_a_training_set_smaller_than_one_batch_is_refused_with_the_numbers(image
     result = cli('usaid-train', '-opt', write_options(opt, tmp_path / 'o.yml'), cwd=tmp_path)
     assert_one_message(result, 'usaid-train', 'datasets:train:batch_size_per_gpu: found 2, but 1 training image(s)')
     assert not (tmp_path / 'experiments').exists()
+
+
+def _alias_bomb():
+    lines = ['a0: &a0 [x, x, x, x, x, x, x, x, x, x]']
+    lines += [f'a{i}: &a{i} [{", ".join([f"*a{i - 1}"] * 10)}]' for i in range(1, 9)]
+    return '\n'.join(lines) + '\nname: bomb\n'
+
+
+@pytest.mark.parametrize('text, message', [
+    ('1: x\nname: n\n', "the key 1 on line 1 is int; expected a string"),
+    ('~: x\nname: n\n', 'the key None on line 1 is NoneType; expected a string'),
+    (_alias_bomb(), 'holds more than 100,000 values once its aliases (*name) are expanded'),
+    ('deep: ' + '[' * 200 + ']' * 200 + '\n', 'is nested more than 100 levels deep'),
+    ('deep: ' + '[' * 5000 + ']' * 5000 + '\n', 'is nested'),
+])
+def test_option_files_that_would_crash_or_hang_a_pipeline_are_refused_when_read(tmp_path, text, message):
+    from usaid.options import load_option_file
+    path = tmp_path / 'o.yml'
+    path.write_text(text)
+    with pytest.raises(OptionError) as error:
+        load_option_file(str(path))
+    assert message in str(error.value) and str(path) in str(error.value)
+
+
+def test_an_option_file_that_is_not_utf8_is_refused_with_its_name(tmp_path):
+    from usaid.options import load_option_file
+    path = tmp_path / 'utf16.yml'
+    path.write_text('name: x\n', encoding='utf-16')
+    with pytest.raises(OptionError, match='is not UTF-8 text'):
+        load_option_file(str(path))
+
+
+@pytest.mark.parametrize('name, problem', [('a\nb', 'control characters'), ('x' * 201, 'a name of 201 bytes')])
+def test_experiment_names_with_control_characters_or_too_long_are_refused(image_folder, name, problem):
+    from tests.conftest import tiny_options
+    from usaid.options import check_options
+    with pytest.raises(OptionError, match=problem):
+        check_options(tiny_options(image_folder, name=name), 'n.yml', is_train=True)
+
+
+@pytest.mark.parametrize('sigma', [float('inf'), 256, -1])
+def test_noise_levels_outside_0_255_are_refused(sigma):
+    from usaid.arguments import check_sigma as check_argument
+    from usaid.data.gaussian_noise_dataset import check_sigma
+    with pytest.raises(ValueError, match='from 0 to 255'):
+        check_sigma('fixed', sigma)
+    with pytest.raises(ValueError, match='from 0 to 255'):
+        check_argument(sigma)

@@ -50,6 +50,7 @@ _GAUSSIAN_NOISE_KEYS = {'dataroot_gt', 'io_backend', 'meta_info_file', 'filename
                         'use_rot', 'in_ch', 'sigma_type', 'sigma', 'noise_seed'}
 # what BasicSR's FileClient backends take besides type (basicsr/utils/file_client.py)
 _IO_BACKEND_KEYS = {'disk': {'type'}, 'lmdb': {'type', 'readonly', 'lock', 'readahead'}}
+MAX_NAME_BYTES = 200  # a folder or file name; file systems take 255 bytes, BasicSR adds suffixes
 _NON_FINITE_ACTIONS = ('stop', 'skip')
 
 
@@ -466,9 +467,12 @@ class _Checker:
 
     def folder_name(self, name, path, where):
         """``name`` becomes a folder or file name (``where``): one path component, inside its output tree."""
-        if any(c in name for c in '/\\\0') or name.startswith('.'):
-            self.problem(path, f"found {name!r}; expected one folder name, without /, \\ or .. and not starting with "
-                               f"'.': it names {where}")
+        if any(c in name for c in '/\\') or name.startswith('.') or any(ord(c) < 32 for c in name):
+            self.problem(path, f"found {name!r}; expected one folder name, without /, \\, .. or control characters "
+                               f"and not starting with '.': it names {where}")
+        elif len(name.encode()) > MAX_NAME_BYTES:
+            self.problem(path, f'found a name of {len(name.encode())} bytes; expected at most {MAX_NAME_BYTES}: it '
+                               f'names {where}, and file systems take 255 bytes with the suffixes added to it')
 
     def channels(self, opt, in_ch, path, network):
         network_opt, arch = network

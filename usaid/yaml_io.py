@@ -57,11 +57,10 @@ class OptionLoader(yaml.SafeLoader):
                 continue
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
-            try:
-                first = first_lines.get(key)
-            except TypeError:
-                raise self.problem(key_node, f'the key on line {line} is a {type(key).__name__}; expected a '
-                                             'string') from None
+            if not isinstance(key, str):  # BasicSR joins keys as text (dict2str) and indexes with strings
+                raise self.problem(key_node, f'the key {key!r} on line {line} is {type(key).__name__}; expected a '
+                                             'string (quote it)')
+            first = first_lines.get(key)
             if first is not None:
                 self.key_path.append(str(key))
                 raise self.problem(key_node, f'given twice, on lines {first} and {line}; expected each key once '
@@ -118,10 +117,40 @@ def load(stream):
     Args:
         stream (str | file): YAML text, or an open file.
     """
+    name = getattr(stream, 'name', '<text>')
     try:
-        return yaml.load(stream, Loader=OptionLoader)
+        opt = yaml.load(stream, Loader=OptionLoader)
     except yaml.YAMLError as error:
-        raise OptionError(getattr(stream, 'name', '<text>'), [f'is not valid YAML: {error}']) from None
+        raise OptionError(name, [f'is not valid YAML: {error}']) from None
+    except UnicodeDecodeError as error:
+        raise OptionError(name, [f'is not UTF-8 text ({error.reason} at byte {error.start}); expected a YAML text '
+                                 'file in UTF-8']) from None
+    except RecursionError:
+        raise OptionError(name, ['is nested deeper than Python can read; expected an option file']) from None
+    _check_size(opt, name)
+    return opt
+
+
+# More values than any option file holds: aliases can make a few lines stand for billions of values ("billion laughs"),
+# which every walk over the options would then visit.
+MAX_VALUES = 100_000
+MAX_DEPTH = 100  # BasicSR's option files nest 5 levels; the checks walk them recursively
+
+
+def _check_size(opt, name):
+    """An ``OptionError`` if ``opt``, with its aliases expanded, holds more than :data:`MAX_VALUES` values; counted
+    without recursion, and stopping at the limit."""
+    pending, count = [(opt, 0)], 0
+    while pending:
+        value, depth = pending.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise OptionError(name, [f'holds more than {MAX_VALUES:,} values once its aliases (*name) are expanded; '
+                                     'expected an option file (aliases that repeat large lists or mappings are refused)'])
+        if depth > MAX_DEPTH:
+            raise OptionError(name, [f'is nested more than {MAX_DEPTH} levels deep; expected an option file'])
+        children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        pending.extend((child, depth + 1) for child in children)
 
 
 def parse_value(text):

@@ -155,8 +155,8 @@ def test_an_output_folder_among_the_test_images_is_refused(tmp_path, where):
 
 @pytest.mark.parametrize('sigmas, crop_sigma, expected', [
     ([25, 25.0], None, '--sigma 25 25: 25 given more than once; expected each noise level once.'),
-    ([float('nan')], None, '--sigma nan: expected a finite noise level >= 0'),
-    ([-5], None, '--sigma -5: expected a finite noise level >= 0'),
+    ([float('nan')], None, '--sigma nan: expected a noise level from 0 to 255'),
+    ([-5], None, '--sigma -5: expected a noise level from 0 to 255'),
     ([15, 25], 50, '--crop-sigma 50: not one of the --sigma values (15, 25); expected one of them'),
 ])
 def test_noise_levels_are_checked_before_anything_runs(tmp_path, sigmas, crop_sigma, expected):

@@ -62,3 +62,15 @@ def test_command_line_error_is_one_clear_line(tmp_path):
     result = subprocess.run([console_script('usaid-convert'), str(tmp_path / 'bad.pth'), str(tmp_path / 'out.pth')],
                             capture_output=True, text=True)
     assert result.returncode == 1 and result.stderr.startswith('usaid-convert: ') and 'Traceback' not in result.stderr
+
+
+@needs_checkpoints
+def test_the_input_is_never_replaced_by_its_conversion(tmp_path):
+    import shutil
+
+    released = tmp_path / 'USAID.pth'
+    shutil.copy(CHECKPOINTS / 'USAID.pth', released)
+    before = released.read_bytes()
+    with pytest.raises(FileExistsError, match='is the input file'):
+        convert(str(released), str(released), overwrite=True)
+    assert released.read_bytes() == before

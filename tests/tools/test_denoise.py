@@ -93,7 +93,7 @@ def test_unreadable_input_is_one_clear_error(tmp_path, tiny_weights):
     (tmp_path / 'broken.png').write_bytes(b'not an image')
     result = subprocess.run([console_script('usaid-denoise'), str(tmp_path / 'broken.png'), str(tmp_path / 'o.png')]
                             + tiny_weights, capture_output=True, text=True)
-    assert result.returncode == 1 and 'broken.png: cannot be read as an image' in result.stderr
+    assert result.returncode == 1 and 'broken.png is not an image file that can be read' in result.stderr
     assert 'Traceback' not in result.stderr and not (tmp_path / 'o.png').exists()
 
 
@@ -201,9 +201,9 @@ def test_exif_orientation_is_applied(tmp_path, tiny_weights):
     (['--tile', '-5'], '--tile -5: expected 0 (the whole image at once) or a tile size >= 16 pixels; a negative'),
     (['--tile', '3'], '--tile 3: expected 0 (the whole image at once) or a tile size >= 16 pixels; a 3-pixel tile'),
     (['--tile-overlap', '-1'], '--tile-overlap -1: expected an integer >= 0'),
-    (['--add-noise', 'nan'], '--add-noise nan: expected a finite noise level >= 0'),
-    (['--add-noise', 'inf'], '--add-noise inf: expected a finite noise level >= 0'),
-    (['--add-noise', '-3'], '--add-noise -3: expected a finite noise level >= 0'),
+    (['--add-noise', 'nan'], '--add-noise nan: expected a noise level from 0 to 255'),
+    (['--add-noise', 'inf'], '--add-noise inf: expected a noise level from 0 to 255'),
+    (['--add-noise', '-3'], '--add-noise -3: expected a noise level from 0 to 255'),
     (['--seed', '-1'], '--seed -1: expected an integer from 0 to 4294967295'),
     (['--seed', str(2 ** 32)], f'--seed {2 ** 32}: expected an integer from 0 to 4294967295'),
     (['--threads', '0'], '--threads 0: expected an integer >= 1'),
@@ -293,3 +293,29 @@ def test_tiles_follow_the_size_multiple_of_a_network_that_needs_one():
         unaligned = torch.cat([net(image[..., :, :50]), net(image[..., :, 50:])], dim=-1)
     assert torch.allclose(tiled, whole, atol=1e-5)
     assert not torch.allclose(unaligned, whole, atol=1e-3)  # what the rounding prevents
+
+
+def test_an_unreadable_image_in_a_folder_is_refused_before_any_result_is_written(tmp_path):
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    cv2.imwrite(str(folder / 'a.png'), smooth_image(np.random.default_rng(0), 20, 24))
+    (folder / 'b.png').write_bytes(b'')  # empty
+    (folder / 'c.png').write_text('not an image')
+    torch.save({'params': USAID(num_feat=8, num_layers=3).state_dict()}, tmp_path / 'w.pth')
+    (tmp_path / 'net.yml').write_text('network_g: {type: USAID, num_feat: 8, num_layers: 3}\n')
+    with pytest.raises(SystemExit) as stop:
+        main([str(folder), str(tmp_path / 'out'), '-w', str(tmp_path / 'w.pth'), '-opt', str(tmp_path / 'net.yml')])
+    assert '2 of the 3 input image(s) cannot be read' in str(stop.value.code)
+    assert not (tmp_path / 'out').exists() or not list((tmp_path / 'out').iterdir())
+
+
+@pytest.mark.parametrize('argv, message', [(['--device', 'meta'], 'not a device the tools run on'),
+                                           (['--threads', '100000'], '--threads 100000: expected at most 1024')])
+def test_devices_and_thread_counts_the_tool_cannot_use_are_refused(tmp_path, argv, message):
+    cv2.imwrite(str(tmp_path / 'a.png'), smooth_image(np.random.default_rng(0), 20, 24))
+    torch.save({'params': USAID(num_feat=8, num_layers=3).state_dict()}, tmp_path / 'w.pth')
+    (tmp_path / 'net.yml').write_text('network_g: {type: USAID, num_feat: 8, num_layers: 3}\n')
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / 'a.png'), str(tmp_path / 'o.png'), '-w', str(tmp_path / 'w.pth'), '-opt',
+              str(tmp_path / 'net.yml')] + argv)
+    assert message in str(stop.value.code)

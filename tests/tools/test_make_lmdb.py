@@ -9,7 +9,7 @@ from basicsr.data import build_dataloader, build_dataset
 from basicsr.utils import set_random_seed
 from PIL import Image
 
-from tests.conftest import console_script, file_size_limit, run, tiny_options
+from tests.conftest import console_script, file_size_limit, run, smooth_image, tiny_options
 from usaid.data.resumable_sampler import ResumableSampler
 from usaid.tools.make_lmdb import make_lmdb
 
@@ -253,3 +253,41 @@ def test_an_out_that_cannot_be_made_is_named_before_any_image_is_read(image_fold
     assert result.returncode == 1 and result.stderr.strip() == (
         f'usaid-make-lmdb: OUT {out}: cannot be made, because {tmp_path / "notes.txt"} is a file, not a folder; '
         'expected a path under a folder.')
+
+
+def test_images_that_would_share_a_key_are_refused_before_anything_is_written(tmp_path):
+    source = tmp_path / 'source'
+    source.mkdir()
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(source / 'a.png'), smooth_image(rng, 20, 24))
+    cv2.imwrite(str(source / 'a.jpg'), smooth_image(rng, 20, 24))  # BasicSR's key: 'a' for both
+    with pytest.raises(ValueError, match=r"1 LMDB key\(s\) would hold more than one image"):
+        make_lmdb(str(source), str(tmp_path / 'out.lmdb'))
+    assert not (tmp_path / 'out.lmdb').exists()
+
+
+def test_a_folder_named_like_the_tools_work_folder_is_never_deleted(image_folder, tmp_path):
+    theirs = tmp_path / '.out.lmdb.partial.lmdb'
+    theirs.mkdir()
+    (theirs / 'mine.txt').write_text('precious')
+    make_lmdb(str(image_folder / 'train'), str(tmp_path / 'out.lmdb'))
+    assert (theirs / 'mine.txt').read_text() == 'precious'
+    assert (tmp_path / 'out.lmdb' / 'data.mdb').exists()
+
+
+@pytest.mark.parametrize('template', ['{}{}.png', '{0.__class__}.png', 'x.png'])
+def test_file_name_templates_other_than_one_placeholder_are_refused(image_folder, tmp_path, template):
+    listing = tmp_path / 'list.txt'
+    listing.write_text('img0\n')
+    with pytest.raises(ValueError, match='expected a file name with one {} for the listed name'):
+        make_lmdb(str(image_folder / 'train'), str(tmp_path / 'out.lmdb'), str(listing), template)
+
+
+def test_overwrite_refuses_a_folder_that_only_looks_like_an_lmdb(image_folder, tmp_path):
+    fake = tmp_path / 'out.lmdb'
+    fake.mkdir()
+    (fake / 'data.mdb').write_text('x')
+    (fake / 'meta_info.txt').write_text('precious')
+    with pytest.raises(FileExistsError, match='its data.mdb is not an LMDB'):
+        make_lmdb(str(image_folder / 'train'), str(fake), overwrite=True)
+    assert (fake / 'meta_info.txt').read_text() == 'precious'

@@ -233,7 +233,7 @@ def test_labels_outside_the_voc_classes_are_refused(voc, tmp_path):
 
 
 @pytest.mark.parametrize('option, expected', [
-    (['-s', 'nan'], '--sigma nan: expected a finite noise level >= 0 (0-255 scale), e.g. 25.'),
+    (['-s', 'nan'], '--sigma nan: expected a noise level from 0 to 255 (0-255 scale), e.g. 25.'),
     (['--batch-size', '0'], '--batch-size 0: expected an integer >= 1.'),
     (['--limit', '-2'], '--limit -2: expected an integer >= 1.'),
     (['--device', 'cuda:3'], '--device cuda:3: this machine has no GPU that torch can use '

@@ -106,7 +106,7 @@ def test_a_figure_path_that_would_replace_an_input_or_cannot_be_written_is_refus
         main(one_image + ['-o', str(tmp_path / 'fig.xyz')])
     visualize_refused(one_image + ['-o', f'{one_image[0]}/fig.png'], f'--output {one_image[0]}/fig.png: cannot be '
                       f'made, because {one_image[0]} is a file, not a folder; expected a path under a folder.')
-    visualize_refused(one_image + ['--add-noise', 'nan'], '--add-noise nan: expected a finite noise level >= 0 '
+    visualize_refused(one_image + ['--add-noise', 'nan'], '--add-noise nan: expected a noise level from 0 to 255 '
                       '(0-255 scale), e.g. 25.')
 
 

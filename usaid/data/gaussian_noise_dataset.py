@@ -24,18 +24,26 @@ def _number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+# Noise levels are on the 0-255 scale: a standard deviation beyond the data range leaves nothing to restore.
+MAX_SIGMA = 255
+
+
 def check_sigma(sigma_type, sigma):
     """``sigma`` as floats (0-255 scale) if it fits ``sigma_type``; else ``ValueError`` naming the key and what was
     expected."""
     if sigma_type not in SIGMA_TYPES:
         raise ValueError(f'sigma_type: found {sigma_type!r}; expected one of {", ".join(SIGMA_TYPES)}')
-    if sigma_type == 'fixed' and _number(sigma) and sigma >= 0:
+    def valid(value):  # NaN and infinity fail the comparison
+        return _number(value) and 0 <= value <= MAX_SIGMA
+
+    if sigma_type == 'fixed' and valid(sigma):
         return float(sigma)
     if sigma_type in ('uniform', 'choice') and isinstance(sigma, (list, tuple)) and sigma and all(
-            _number(s) and s >= 0 for s in sigma) and (sigma_type == 'choice' or (len(sigma) == 2 and sigma[0] <= sigma[1])):
+            valid(s) for s in sigma) and (sigma_type == 'choice' or (len(sigma) == 2 and sigma[0] <= sigma[1])):
         return [float(s) for s in sigma]
-    expected = {'fixed': 'a number >= 0', 'uniform': '[low, high] with 0 <= low <= high',
-                'choice': 'a non-empty list of numbers >= 0'}
+    expected = {'fixed': f'a number from 0 to {MAX_SIGMA}',
+                'uniform': f'[low, high] with 0 <= low <= high <= {MAX_SIGMA}',
+                'choice': f'a non-empty list of numbers from 0 to {MAX_SIGMA}'}
     raise ValueError(f'sigma: found {sigma!r}, which does not fit sigma_type {sigma_type!r}; expected '
                      f'{expected[sigma_type]} (0-255 scale)')
 

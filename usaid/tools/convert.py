@@ -36,6 +36,9 @@ def to_basicsr(checkpoint, path='checkpoint', **arch_opt):
 
 def convert(in_path, out_path, overwrite=False, **arch_opt):
     """Convert ``in_path`` to ``out_path``; returns a one-line report. Writes nothing on any error."""
+    if os.path.exists(out_path) and os.path.samefile(in_path, out_path):
+        raise FileExistsError(f'{out_path} is the input file; expected another OUTPUT: the converted checkpoint never '
+                              'replaces the file it is made from (even with --force).')
     if os.path.exists(out_path) and not overwrite:
         raise FileExistsError(f'{out_path} exists; pass --force to overwrite it.')
     state, already_basicsr = to_basicsr(load_checkpoint(in_path), in_path, **arch_opt)

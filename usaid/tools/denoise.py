@@ -35,6 +35,7 @@ from usaid.allocator import keep_freed_memory
 from usaid.arguments import check_at_least, check_seed, check_sigma, resolve_device
 from usaid.checkpoint import check_fits, load_checkpoint, network_state
 from usaid.data.gaussian_noise_dataset import IMAGE_EXTENSIONS, add_protocol_noise
+from usaid.data.image_scan import scan_file
 from usaid.errors import CheckpointError
 from usaid.image_io import read_upright, single_image_orientation
 from usaid.inference import InferenceNetwork, add_inference_arguments, inference_options
@@ -44,6 +45,7 @@ from usaid.tools.convert import to_basicsr
 DEFAULT_NETWORK = {'type': 'USAID'}
 # below this a tile with its context on every side computes each pixel many times over ((16 + 2 * 32)^2 / 16^2 = 25
 # times at the default overlap) for no gain: memory is bounded well before
+MAX_THREADS = 1024
 MIN_TILE = 16
 SIDE_BY_SIDE = '_side_by_side.png'
 
@@ -195,6 +197,11 @@ def plan_outputs(input_path, output, side_by_side=False, overwrite=False):
                          f'{" and ".join(sources)}; nothing was written. Expected inputs with distinct names (without '
                          'their extension, and none named like another\'s <name>_side_by_side.png): rename or move '
                          'them.')
+    unusable = [f'{info.path} {info.problem}' for info in map(scan_file, paths) if info.problem]
+    if unusable:  # from the headers and end markers, before any image is written
+        raise ValueError(f'{len(unusable)} of the {len(paths)} input image(s) cannot be read: '
+                         f'{"; ".join(unusable[:3])}{" ..." if len(unusable) > 3 else ""}; expected readable image '
+                         'files (move the others away); nothing was written.')
     for path in paths:  # from the headers: an animation is refused before any image is written
         single_image_orientation(path, 'input')
     return jobs
@@ -295,6 +302,8 @@ def main(argv=None):
         check_seed(args.seed)
         if args.threads is not None:
             check_at_least(args.threads, 1, '--threads')
+            if args.threads > MAX_THREADS:  # OpenMP crashes on absurd counts instead of refusing them
+                raise ValueError(f'--threads {args.threads}: expected at most {MAX_THREADS}.')
         device = resolve_device(args.device)
         jobs = plan_outputs(args.input, args.output, args.side_by_side, args.overwrite)
     except (ValueError, FileNotFoundError) as error:

@@ -17,6 +17,7 @@ import argparse
 import os
 import shutil
 import sys
+import tempfile
 from os import path as osp
 
 import cv2
@@ -115,6 +116,11 @@ def check_replaceable(out, overwrite):
         raise FileExistsError(f'{out} exists and is not an LMDB written by usaid-make-lmdb ({found}); --overwrite '
                               f'replaces only a folder of {" and ".join(LMDB_FILES)} (and lock.mdb), so nothing of '
                               'yours is deleted. Move it away yourself, or choose another OUT.')
+    try:  # the names alone do not make an LMDB: its data.mdb must open as one
+        lmdb.open(out, readonly=True, lock=False, readahead=False).close()
+    except lmdb.Error as error:
+        raise FileExistsError(f'{out} exists, but its data.mdb is not an LMDB ({error}); --overwrite replaces only an '
+                              'LMDB written by usaid-make-lmdb. Move it away yourself, or choose another OUT.') from None
 
 
 def make_lmdb(source, out, list_file=None, filename_tmpl='{}', overwrite=False, compress_level=1):
@@ -132,14 +138,28 @@ def make_lmdb(source, out, list_file=None, filename_tmpl='{}', overwrite=False, 
                              'it either.')
     check_writable(out, 'OUT')
     check_replaceable(out, overwrite)
+    if filename_tmpl.count('{}') != 1 or filename_tmpl.replace('{}', '', 1).count('{') + \
+            filename_tmpl.replace('{}', '', 1).count('}'):
+        raise ValueError(f'--filename-tmpl {filename_tmpl!r}: expected a file name with one {{}} for the listed name '
+                         "and no other braces, e.g. '{}.jpg'")
     pairs = list_images(source, list_file, filename_tmpl)
+    keys = {}
+    for key, path in pairs:
+        keys.setdefault(key, []).append(path)
+    clashes = {key: paths for key, paths in keys.items() if len(paths) > 1}
+    if clashes:  # one LMDB record per key: a second image of the same key would replace the first
+        raise ValueError(f'{len(clashes)} LMDB key(s) would hold more than one image (BasicSR keys images by their '
+                         f'name without extension): {_listed([k + ": " + ", ".join(v) for k, v in clashes.items()])}; '
+                         'expected one image per name: rename or leave out the others (or list each once)')
     map_size = int(sum(upper_bound_bytes(path) for _, path in pairs) * LMDB_SLACK) + (1 << 20)
 
     os.makedirs(osp.dirname(out), exist_ok=True)
     with output_lock(out, 'usaid-make-lmdb'):  # from here on, no other build of the same OUT runs
         check_replaceable(out, overwrite)  # again: another build may have made OUT meanwhile
-        partial = osp.join(osp.dirname(out), f'.{osp.basename(out)[:-len(".lmdb")]}.partial.lmdb')
-        shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run
+        # written inside a fresh folder of our own (BasicSR's LmdbMaker exits if its folder exists): nothing
+        # someone else made is ever touched or deleted
+        work = tempfile.mkdtemp(prefix=f'.{osp.basename(out)}.partial-', dir=osp.dirname(out))
+        partial = osp.join(work, 'partial.lmdb')
         stored = 0
         maker = LmdbMaker(partial, map_size=map_size, compress_level=compress_level)
         try:
@@ -149,20 +169,17 @@ def make_lmdb(source, out, list_file=None, filename_tmpl='{}', overwrite=False, 
                 stored += len(img_byte)
             maker.close()
         except (lmdb.Error, OSError) as error:  # a full disk surfaces as "mdb_txn_commit: Input/output error"
-            shutil.rmtree(partial, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
             kept = f'the existing {out} is kept' if osp.exists(out) else f'no {osp.basename(out)} was made'
             raise OSError(f'{out}: the LMDB could not be written ({error}); {kept}. Check the free disk space.') \
                 from error
         except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
             raise
-        if osp.lexists(out):  # the old LMDB is moved aside, not deleted, until the new one has its name
-            old = partial[:-len('.partial.lmdb')] + '.replaced.lmdb'
-            os.replace(out, old)
-            os.replace(partial, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(partial, out)
+        if osp.lexists(out):  # the old LMDB is moved aside, into our folder, until the new one has its name
+            os.replace(out, osp.join(work, 'replaced.lmdb'))
+        os.replace(partial, out)
+        shutil.rmtree(work)
     return len(pairs), stored
 
 
