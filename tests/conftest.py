@@ -94,6 +94,20 @@ def console_script(name):
     return str(Path(sys.executable).parent / name)
 
 
+def cli(tool, *args, cwd):
+    """Run the console script ``tool``; its result, whatever its exit status."""
+    return subprocess.run([console_script(tool), *map(str, args)], cwd=cwd, capture_output=True, text=True)
+
+
+def assert_one_message(result, tool, *parts):
+    """``result`` is a refusal as the tools print it: exit status 1, ``<tool>: message`` holding ``parts``, no
+    traceback."""
+    assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr
+    assert result.stderr.startswith(f'{tool}: '), result.stderr
+    for part in parts:
+        assert part in result.stderr, result.stderr
+
+
 @contextmanager
 def file_size_limit(max_bytes):
     """A disk that fills up: in this process, writing a file past ``max_bytes`` fails with EFBIG, as a full disk fails

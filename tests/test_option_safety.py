@@ -1,6 +1,5 @@
 """No option file or command line runs code (usaid.yaml_io, for every entry point), a key is given once, --force_yml
 garbage is one message, names stay one folder name, and a training set fills at least one batch."""
-import subprocess
 import sys
 
 import cv2
@@ -9,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import console_script, smooth_image, tiny_options, write_options
+from tests.conftest import assert_one_message, cli, smooth_image, tiny_options, write_options
 from usaid.errors import OptionError
 from usaid.options import check_options, load_option_file
 
@@ -33,17 +32,6 @@ def options_text(image_folder, **replace):
         line = next(line for line in text.splitlines() if line.startswith(f'{key}:'))
         text = text.replace(line, f'{key}: {raw}', 1)
     return text
-
-
-def cli(tool, *args, cwd):
-    return subprocess.run([console_script(tool), *map(str, args)], cwd=cwd, capture_output=True, text=True)
-
-
-def assert_one_message(result, tool, *parts):
-    assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr
-    assert result.stderr.startswith(f'{tool}: '), result.stderr
-    for part in parts:
-        assert part in result.stderr, result.stderr
 
 
 # ---- option files are read with a safe loader -----------------------------------------------------------------------
@@ -295,7 +283,6 @@ def _alias_bomb():
     ('deep: ' + '[' * 5000 + ']' * 5000 + '\n', 'is nested'),
 ])
 def test_option_files_that_would_crash_or_hang_a_pipeline_are_refused_when_read(tmp_path, text, message):
-    from usaid.options import load_option_file
     path = tmp_path / 'o.yml'
     path.write_text(text)
     with pytest.raises(OptionError) as error:
@@ -304,7 +291,6 @@ def test_option_files_that_would_crash_or_hang_a_pipeline_are_refused_when_read(
 
 
 def test_an_option_file_that_is_not_utf8_is_refused_with_its_name(tmp_path):
-    from usaid.options import load_option_file
     path = tmp_path / 'utf16.yml'
     path.write_text('name: x\n', encoding='utf-16')
     with pytest.raises(OptionError, match='is not UTF-8 text'):
@@ -313,8 +299,6 @@ def test_an_option_file_that_is_not_utf8_is_refused_with_its_name(tmp_path):
 
 @pytest.mark.parametrize('name, problem', [('a\nb', 'control characters'), ('x' * 201, 'a name of 201 bytes')])
 def test_experiment_names_with_control_characters_or_too_long_are_refused(image_folder, name, problem):
-    from tests.conftest import tiny_options
-    from usaid.options import check_options
     with pytest.raises(OptionError, match=problem):
         check_options(tiny_options(image_folder, name=name), 'n.yml', is_train=True)
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import console_script, tiny_options, write_options
+from tests.conftest import assert_one_message, cli, tiny_options, write_options
 from usaid import compat
 from usaid.errors import CheckpointError, OutputFolderError
 from usaid.output_folders import lock_folder
@@ -26,17 +26,6 @@ def hold(cwd, *folders):
                               stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline() == 'locked\n'
     return holder
-
-
-def cli(tool, *args, cwd):
-    return subprocess.run([console_script(tool), *map(str, args)], cwd=cwd, capture_output=True, text=True)
-
-
-def assert_one_message(result, tool, *parts):
-    assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr
-    assert result.stderr.startswith(f'{tool}: '), result.stderr
-    for part in parts:
-        assert part in result.stderr, result.stderr
 
 
 def test_a_second_run_of_a_live_experiment_is_refused_and_renames_nothing(image_folder, tmp_path):

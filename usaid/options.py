@@ -548,8 +548,9 @@ class _Checker:
     def usa_batch_statistics(self, opt):
         """The USA network with batch statistics can segment a training batch (:func:`~usaid.archs.usanet_arch.
         batch_statistics_problem`): a batch of one 32x32 crop cannot be normalised."""
-        train_set = (opt.get('datasets') or {}).get('train')
-        usa = ((opt.get('train') or {}).get('usa_opt') or {}) if isinstance(opt.get('train'), dict) else {}
+        datasets, train = opt.get('datasets'), opt.get('train')
+        train_set = datasets.get('train') if isinstance(datasets, dict) else None
+        usa = train.get('usa_opt') if isinstance(train, dict) else None
         if not (isinstance(train_set, dict) and isinstance(usa, dict) and isinstance(usa.get('network'), dict)):
             return
         batch, gt_size = train_set.get('batch_size_per_gpu'), train_set.get('gt_size')
