@@ -37,7 +37,8 @@ RULES = {
 def size_problem(metric_opt, height, width):
     """Why the metric configured by ``metric_opt`` (``type``, ``crop_border``) cannot score a ``height`` x ``width``
     image, or None if it can (or if there is no rule for it)."""
-    rule = RULES.get(metric_opt.get('type'))
+    metric_type = metric_opt.get('type')
+    rule = RULES.get(metric_type) if isinstance(metric_type, str) else None
     if rule is None:
         return None
     fits, needs = rule
