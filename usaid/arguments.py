@@ -3,7 +3,6 @@
 Each check returns the value or raises ``ValueError`` naming the option, what was found and what is expected; the
 tools print it as ``usaid-<tool>: <message>`` and exit with status 1.
 """
-import math
 
 import torch
 
