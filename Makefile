@@ -32,6 +32,7 @@ demo: install
 	$(PY) -m usaid.demo
 
 test: install
+	$(PY) -m ruff check .
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 clean:

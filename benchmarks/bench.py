@@ -280,7 +280,8 @@ def compare_inference(args):
         megapixels = size[0] * size[1] / 1e6
         for name in times:
             row = [f'{size[0]}x{size[1]}', name, f'{megapixels / statistics.median(times[name]):.3f}']
-            row += [f'{ratio_median(times, reference, name):.2f}x' for reference, _ in paths[:1 + args.keep_freed_memory]]
+            references = paths[:1 + args.keep_freed_memory]
+            row += [f'{ratio_median(times, reference, name):.2f}x' for reference, _ in references]
             rows.append(row + [f'{psnr[name]:.3f}', f'{psnr[name] - psnr[plain]:+.4f}'])
     speedups = ['speed-up vs plain'] + (['vs plain, memory kept'] if args.keep_freed_memory else [])
     table(['image', 'path', 'MP/s', *speedups, 'PSNR (sigma 25)', 'PSNR change'], rows)

@@ -68,8 +68,8 @@ def regular_install(tmp_path_factory):
     """A non-editable install of this repository into a fresh virtual environment that sees this one's packages."""
     target = tmp_path_factory.mktemp('venv')
     venv.create(target, with_pip=False, system_site_packages=False)
-    site = Path(subprocess.check_output([target / 'bin' / 'python', '-c',
-                                         'import sysconfig; print(sysconfig.get_paths()["purelib"])'], text=True).strip())
+    purelib = 'import sysconfig; print(sysconfig.get_paths()["purelib"])'
+    site = Path(subprocess.check_output([target / 'bin' / 'python', '-c', purelib], text=True).strip())
     # torch, basicsr, pip, setuptools, ... from the current environment; not its .pth files, so not the editable usaid
     (site / 'parent-env.pth').write_text(sysconfig.get_paths()['purelib'] + '\n')
     run([target / 'bin' / 'python', '-m', 'pip', 'install', '--no-deps', '--no-build-isolation', '--no-index', '-q',

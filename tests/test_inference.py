@@ -60,7 +60,8 @@ def test_untraceable_network_is_kept_unfolded_with_a_warning():
     class DataDependent(nn.Module):
         def __init__(self):
             super().__init__()
-            self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.Conv2d(16, 3, 3, padding=1))
+            self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16),
+                                      nn.Conv2d(16, 3, 3, padding=1))
 
         def forward(self, x):
             return self.body(x) if x.mean() > 0 else x

@@ -188,7 +188,8 @@ def test_in_ch_that_does_not_match_the_network(image_folder):
     opt = tiny_options(image_folder, in_ch=1)
     opt['network_g'].update(num_in_ch=1, num_out_ch=1)
     opt['datasets']['val']['in_ch'] = 1
-    assert 'datasets:train:in_ch: found 1; expected 3: the USA loss (train:usa_opt) segments RGB images' in problems(opt)
+    expected = 'datasets:train:in_ch: found 1; expected 3: the USA loss (train:usa_opt) segments RGB images'
+    assert expected in problems(opt)
 
 
 def test_missing_sections_and_wrong_types_are_named(image_folder):

@@ -1,4 +1,5 @@
-"""Fuzzing the shipped recipes: random deletions, misspellings and type changes of one or two keys must give either options
+"""Fuzzing the shipped recipes: random deletions, misspellings and type changes of one or two keys must give either
+options
 that BasicSR parses and builds (datasets, a sample, the model) or one OptionError, never an exception from inside
 BasicSR or torch. Random YAML tags and ``--force_yml`` strings likewise pass or give one OptionError, and an unsafe tag
 or a ``--force_yml`` payload never runs. Deterministic: a fixed seed and a bounded number of cases per recipe."""

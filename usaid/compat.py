@@ -110,7 +110,8 @@ def get_optimizer(self, optim_type, params, lr, **kwargs):
     optimizer_class = getattr(torch.optim, str(optim_type), None)
     if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.Optimizer)):
         known = sorted(n for n, c in vars(torch.optim).items()
-                       if isinstance(c, type) and issubclass(c, torch.optim.Optimizer) and c is not torch.optim.Optimizer)
+                       if isinstance(c, type) and issubclass(c, torch.optim.Optimizer)
+                       and c is not torch.optim.Optimizer)
         raise ValueError(f'train: optim_g: type: {optim_type!r} is not an optimizer of torch.optim; '
                          f'expected one of {", ".join(known)}.')
     return optimizer_class(params, lr, **kwargs)

@@ -58,7 +58,8 @@ class WinogradConv2d(nn.Module):
         denoiser's first and last) measured faster with oneDNN's direct convolution."""
         kernel = conv.kernel_size
         return (type(conv) is nn.Conv2d and min(conv.in_channels, conv.out_channels) >= 16
-                and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == 'zeros' and isinstance(conv.padding, tuple)
+                and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+                and conv.padding_mode == 'zeros' and isinstance(conv.padding, tuple)
                 and all(p < k for p, k in zip(conv.padding, kernel)) and max(kernel) <= 16
                 and conv.weight.device.type == 'cpu' and conv.weight.dtype == torch.float32)
 

@@ -160,7 +160,8 @@ class _Checker:
             self.problem(path, f"{_found(value)}; expected {'an integer' if integer else 'a number'}")
             return None
         if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-            bounds = ' and '.join(f'{op} {bound}' for op, bound in (('>=', minimum), ('<=', maximum)) if bound is not None)
+            bounds = ' and '.join(f'{op} {bound}' for op, bound in (('>=', minimum), ('<=', maximum))
+                                  if bound is not None)
             self.problem(path, f'found {value}; expected a number {bounds}')
             return None
         return value
@@ -342,7 +343,8 @@ class _Checker:
 
     def datasets(self, opt, datasets, is_train, network):
         if not datasets:
-            self.problem('datasets', 'is empty; expected ' + ('train and val datasets' if is_train else 'test datasets'))
+            wanted = 'train and val datasets' if is_train else 'test datasets'
+            self.problem('datasets', f'is empty; expected {wanted}')
         if is_train and 'train' not in datasets:
             self.problem('datasets:train', 'missing; expected the training dataset')
         named = {}  # validation and test datasets by name: their results are kept by name

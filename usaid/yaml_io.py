@@ -146,7 +146,8 @@ def _check_size(opt, name):
         count += 1
         if count > MAX_VALUES:
             raise OptionError(name, [f'holds more than {MAX_VALUES:,} values once its aliases (*name) are expanded; '
-                                     'expected an option file (aliases that repeat large lists or mappings are refused)'])
+                                     'expected an option file (aliases that repeat large lists or mappings are '
+                                     'refused)'])
         if depth > MAX_DEPTH:
             raise OptionError(name, [f'is nested more than {MAX_DEPTH} levels deep; expected an option file'])
         children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()

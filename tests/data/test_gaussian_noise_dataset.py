@@ -178,7 +178,8 @@ def test_gray_and_rgba_images_are_used_as_rgb_with_a_counted_warning(tmp_path, c
 def test_images_smaller_than_the_crop_are_named_with_their_size(tmp_path):
     folder = write_images(tmp_path / 'images')
     cv2.imwrite(str(folder / 'small.png'), smooth_image(np.random.default_rng(6), 20, 50))
-    with pytest.raises(ValueError, match=re.escape(f'gt_size: 32 is larger than 1 of the 4 images: {folder / "small.png"} '
+    small = folder / 'small.png'
+    with pytest.raises(ValueError, match=re.escape(f'gt_size: 32 is larger than 1 of the 4 images: {small} '
                                                    '(20x50)')):
         dataset(folder, phase='train', gt_size=32)
     assert len(dataset(folder)) == 4  # validation does not crop

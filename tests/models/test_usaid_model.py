@@ -235,7 +235,8 @@ def test_skip_drops_the_step_entirely_up_to_max_skips(image_folder, tmp_path):
     assert all(torch.equal(before[0][k], net[k]) for k in net)  # weights and BatchNorm statistics
     assert all(torch.equal(a, b) for k in optim for a, b in zip(before[1][k].values(), optim[k].values()))
     assert all(torch.equal(ema_before[k], v) for k, v in model.net_g_ema.state_dict().items())
-    with pytest.raises(NonFiniteLossError, match='iteration 4: .* and 2 steps were skipped already \\(train:non_finite_loss:max_skips'):
+    skipped = 'iteration 4: .* and 2 steps were skipped already \\(train:non_finite_loss:max_skips'
+    with pytest.raises(NonFiniteLossError, match=skipped):
         model.optimize_parameters(4)
     model.feed_data(data)  # a good batch trains as usual
     model.non_finite_skips = 0
@@ -261,7 +262,8 @@ def test_a_failing_checkpoint_write_keeps_the_last_checkpoint(image_folder, tmp_
         next(model.net_g.parameters())[0] = float('inf')
     with pytest.raises(CheckpointError, match='non-finite values in dncnn.0.weight'):
         model.save_network(model.net_g, 'net_g', -1)
-    assert all(torch.equal(saved[k], v) for k, v in load_checkpoint(str(tmp_path / 'net_g_latest.pth'))['params'].items())
+    kept = load_checkpoint(str(tmp_path / 'net_g_latest.pth'))['params']
+    assert all(torch.equal(saved[k], v) for k, v in kept.items())
 
 
 def test_pretrained_weights_of_another_architecture_are_named(image_folder, tmp_path):

@@ -8,7 +8,8 @@ from usaid.archs import USAID
 from usaid.errors import CheckpointError
 from usaid.tools.convert import convert
 
-needs_checkpoints = pytest.mark.skipif(not (CHECKPOINTS / 'USAID.pth').exists(), reason='released checkpoints not found')
+needs_checkpoints = pytest.mark.skipif(not (CHECKPOINTS / 'USAID.pth').exists(),
+                                       reason='released checkpoints not found')
 
 
 @needs_checkpoints

@@ -51,7 +51,8 @@ def test_sixteen_bit_images_stay_sixteen_bit(tmp_path):
 def test_existing_lmdb_is_kept_unless_overwrite(image_folder, tmp_path):
     make_lmdb(str(image_folder / 'val'), str(tmp_path / 'val.lmdb'))
     before = (tmp_path / 'val.lmdb' / 'data.mdb').read_bytes()
-    result = subprocess.run([console_script('usaid-make-lmdb'), str(image_folder / 'train'), str(tmp_path / 'val.lmdb')],
+    lmdb_out = str(tmp_path / 'val.lmdb')
+    result = subprocess.run([console_script('usaid-make-lmdb'), str(image_folder / 'train'), lmdb_out],
                             capture_output=True, text=True)
     assert result.returncode == 1 and 'exists; pass --overwrite' in result.stderr and 'Traceback' not in result.stderr
     assert (tmp_path / 'val.lmdb' / 'data.mdb').read_bytes() == before

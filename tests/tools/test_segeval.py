@@ -61,7 +61,8 @@ def voc(tmp_path):
 def expected_scores(root, names, transform):
     """Scores computed directly, image by image, of TinySegNet on ``transform(rgb)`` (an 8-bit image)."""
     net = TinySegNet().eval()
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     confusion, psnrs = 0, []
     for name in names:
         rgb = np.asarray(Image.open(root / 'JPEGImages' / f'{name}.jpg').convert('RGB'), dtype=np.float64) / 255.
@@ -127,7 +128,8 @@ def test_offline_without_weights_says_which_file_to_put_where(tmp_path, monkeypa
     url = torchvision.models.get_model_weights('fcn_resnet50').DEFAULT.url
     with pytest.raises(SegevalError) as error:
         build_segnet('fcn_resnet50')
-    assert f'Download {url} and put it at {tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[1]}' in str(error.value)
+    place = tmp_path / 'hub' / 'checkpoints' / url.rsplit('/', 1)[1]
+    assert f'Download {url} and put it at {place}' in str(error.value)
 
 
 def test_torchvision_networks_load_local_weights_and_refuse_wrong_ones(tmp_path):

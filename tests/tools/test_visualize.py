@@ -59,7 +59,8 @@ def test_command_line_without_a_clean_reference(tmp_path, capsys):
     cv2.imwrite(str(tmp_path / 'noisy.png'), smooth_image(np.random.default_rng(1), 40, 40))
     opt = write_options({'network_g': TINY}, tmp_path / 'net.yml')
     main([str(tmp_path / 'noisy.png'), '-w', *tiny_checkpoints(tmp_path), '-opt', str(opt), '-o',
-          str(tmp_path / 'fig.png'), '--usa-backbone', 'resnet18', '--usa-pretrained', 'none', '--crop', '4', '4', '16'])
+          str(tmp_path / 'fig.png'), '--usa-backbone', 'resnet18', '--usa-pretrained', 'none',
+          '--crop', '4', '4', '16'])
     figure = cv2.imread(str(tmp_path / 'fig.png'))
     assert figure.shape[:2] == (int(3 * PANEL_INCHES * DPI), int(4 * PANEL_INCHES * DPI))  # input and two models
     out = capsys.readouterr().out

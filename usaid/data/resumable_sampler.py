@@ -10,8 +10,8 @@ class ResumableSampler(EnlargedSampler):
        options carry ``resume: {iter, batch_size}`` (set by ``usaid.compat.load_resume_state``), the interrupted
        epoch skips the batches the interrupted run had already trained on.
     2. **Randomness by sample, not by worker.** For datasets with ``sample_numbers = True`` it yields
-       ``image_index + len(dataset) * sample_number`` instead of the image index, where ``sample_number`` (from 1) is the
-       sample's position in the whole run (epoch, rank, position). Such a dataset draws the sample's crop, flips and
+       ``image_index + len(dataset) * sample_number`` instead of the image index, where ``sample_number`` (from 1) is
+       the sample's position in the whole run (epoch, rank, position). Such a dataset draws the sample's crop, flips and
        noise from a generator seeded by that number, so the data no longer depend on which worker loads a sample, on
        how many workers there are, or on where a worker's random stream stood, and a resumed run sees exactly the data
        of an uninterrupted one. Other datasets get plain image indices, as from ``EnlargedSampler``.

@@ -64,8 +64,8 @@ class USAIDModel(SRModel):
 
     Checkpoints and training states are written atomically (:func:`~usaid.checkpoint.save_atomically`): a failed
     write leaves the previous file and stops the run with a message; weights with NaN are never saved. A checkpoint
-    that does not fit ``network_g`` is refused with its mismatching keys and shapes. Exact resume comes from the data side
-    (:class:`~usaid.data.resumable_sampler.ResumableSampler`): no random generator needs saving.
+    that does not fit ``network_g`` is refused with its mismatching keys and shapes. Exact resume comes from the data
+    side (:class:`~usaid.data.resumable_sampler.ResumableSampler`): no random generator needs saving.
     """
 
     _inference_net = None  # set for the duration of a validation
@@ -272,7 +272,8 @@ class USAIDModel(SRModel):
         name; here the previous file stays and the run stops with :class:`~usaid.errors.CheckpointError`."""
         nets = net if isinstance(net, list) else [net]
         keys = param_key if isinstance(param_key, list) else [param_key]
-        path = osp.join(self.opt['path']['models'], f"{net_label}_{'latest' if current_iter == -1 else current_iter}.pth")
+        label = 'latest' if current_iter == -1 else current_iter
+        path = osp.join(self.opt['path']['models'], f'{net_label}_{label}.pth')
         checkpoint = {}
         for net_, key in zip(nets, keys):
             state = self.get_bare_model(net_).state_dict()

@@ -342,7 +342,8 @@ def main(argv=None):
     with open(osp.join(args.output, 'compare.md')) as f:
         print(f.read())
     print(f'{reused} of {len({(r["model"], r["dataset"], r["sigma"]) for r in rows})} jobs reused from the cache.')
-    print(f'Written: {", ".join(osp.join(args.output, n) for n in ("compare.md", "compare.csv", "compare_psnr.png", "compare_crops.png"))}')
+    written = ('compare.md', 'compare.csv', 'compare_psnr.png', 'compare_crops.png')
+    print(f'Written: {", ".join(osp.join(args.output, name) for name in written)}')
 
 
 if __name__ == '__main__':

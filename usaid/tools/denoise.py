@@ -51,7 +51,8 @@ SIDE_BY_SIDE = '_side_by_side.png'
 
 
 def load_denoiser(weights, network_opt=None, device='cpu'):
-    """A network in eval mode from a BasicSR checkpoint (``params_ema`` preferred, else ``params``) or a released one."""
+    """A network in eval mode from a BasicSR checkpoint (``params_ema`` preferred, else ``params``) or a released
+    one."""
     network_opt = dict(network_opt or DEFAULT_NETWORK)
     checkpoint = load_checkpoint(weights)
     if network_opt['type'] == 'USAID' and not (isinstance(checkpoint, dict) and 'params_ema' in checkpoint):

@@ -120,7 +120,8 @@ def check_replaceable(out, overwrite):
         lmdb.open(out, readonly=True, lock=False, readahead=False).close()
     except lmdb.Error as error:
         raise FileExistsError(f'{out} exists, but its data.mdb is not an LMDB ({error}); --overwrite replaces only an '
-                              'LMDB written by usaid-make-lmdb. Move it away yourself, or choose another OUT.') from None
+                              'LMDB written by usaid-make-lmdb. Move it away yourself, or choose another '
+                              'OUT.') from None
 
 
 def make_lmdb(source, out, list_file=None, filename_tmpl='{}', overwrite=False, compress_level=1):

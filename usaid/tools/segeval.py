@@ -305,7 +305,8 @@ def main(argv=None):
     write_results(results, args.output)
     with open(osp.join(args.output, 'segeval.md')) as f:
         print(f.read().split('\n\n')[0])
-    print(f'{len(pairs)} images; written: {osp.join(args.output, "segeval.csv")}, {osp.join(args.output, "segeval.md")}')
+    written = ', '.join(osp.join(args.output, name) for name in ('segeval.csv', 'segeval.md'))
+    print(f'{len(pairs)} images; written: {written}')
 
 
 if __name__ == '__main__':

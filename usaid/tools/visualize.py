@@ -142,8 +142,8 @@ def main(argv=None):
                         help='checkpoints: BasicSR ones or the released files (DnCNN.pth, USAID.pth, SSAID.pth)')
     parser.add_argument('--names', nargs='+', help='a name per checkpoint (default: the file names)')
     parser.add_argument('-o', '--output', default='usaid_visualize.png', help='the PNG figure to write')
-    parser.add_argument('--add-noise', type=float, metavar='SIGMA', help='add Gaussian noise (0-255 scale) by the '
-                                                                         'test protocol; the image is then the clean one')
+    parser.add_argument('--add-noise', type=float, metavar='SIGMA',
+                        help='add Gaussian noise (0-255 scale) by the test protocol; the image is then the clean one')
     parser.add_argument('--seed', type=int, default=0, help='seed of --add-noise (the test protocol uses 0)')
     parser.add_argument('-opt', help="option file whose network_g builds the networks (default: USAID's defaults)")
     parser.add_argument('--crop', type=int, nargs=3, metavar=('TOP', 'LEFT', 'SIZE'), help='the zoom window')
