@@ -9,7 +9,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 STAMP := $(VENV)/.usaid-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean
+.PHONY: install demo test clean docs
 
 install: $(STAMP)
 
@@ -34,6 +34,10 @@ demo: install
 test: install
 	$(PY) -m ruff check .
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+# the option reference and JSON Schema, generated from the declarations (a test fails when they are stale)
+docs: install
+	$(PY) -m usaid.option_reference docs
 
 clean:
 	rm -rf $(VENV) build *.egg-info experiments results tb_logger

@@ -54,7 +54,7 @@ setup(
         'yapf',
         'Pillow',
     ],
-    extras_require={'test': ['pytest>=7', 'pytest-timeout', 'ruff==0.17.6']},
+    extras_require={'test': ['pytest>=7', 'pytest-timeout', 'ruff==0.17.6', 'jsonschema>=4.18']},
     entry_points={
         'console_scripts': [
             'usaid-train = usaid.train:main',

@@ -38,9 +38,9 @@ from torch.utils.flop_counter import FlopCounterMode
 import usaid  # noqa: F401  (registers U-SAID's components)
 from usaid.allocator import keep_freed_memory
 from usaid.archs.usanet_arch import SEED_MEAN
-from usaid.data.gaussian_noise_dataset import add_protocol_noise
+from usaid.data.data_util import add_protocol_noise
 from usaid.inference import InferenceNetwork
-from usaid.tools.denoise import denoise, load_denoiser
+from usaid.denoiser import denoise, load_denoiser
 
 PRINT_FREQ = 100  # the recipes' logger: print_freq
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))

@@ -1,14 +1,18 @@
 """Checkpoints: atomic writes that survive a full disk, loads that never run code, mismatches named."""
 import ast
+import logging
 import os
 
 import pytest
 import torch
 
-from tests.conftest import REPO, file_size_limit
+from tests.conftest import CHECKPOINTS, REPO, file_size_limit
 from usaid.archs import USAID
-from usaid.checkpoint import check_finite, check_fits, load_checkpoint, network_state, save_atomically
+from usaid.checkpoint import canonical_state_dict, check_finite, check_fits, load_checkpoint, save_atomically
+from usaid.denoiser import load_denoiser, resolve_model
 from usaid.errors import CheckpointError
+from usaid.models.usaid_model import USAIDModel
+from usaid.tools.compare import canonical_checkpoint
 
 
 def weights(seed, size=4096):
@@ -54,9 +58,10 @@ def test_files_that_are_no_checkpoints_are_named(tmp_path):
         load_checkpoint(str(tmp_path / 'missing.pth'))
     bare = USAID(num_feat=8, num_layers=3).state_dict()
     with pytest.raises(CheckpointError, match="has no 'params' entry .* run usaid-convert on it"):
-        network_state(bare, 'bare.pth')
-    assert network_state({'params': {'module.w': 1}}, 'x.pth') == {'w': 1}
-    assert network_state({'params': {'w': 1}}, 'x.pth', 'params_ema') == {'w': 1}  # BasicSR's fallback
+        canonical_state_dict('bare.pth', checkpoint=bare)
+    assert canonical_state_dict('x.pth', checkpoint={'params': {'module.w': 1}}) == {'w': 1}
+    # BasicSR's fallback
+    assert canonical_state_dict('x.pth', 'params_ema', checkpoint={'params': {'w': 1}}) == {'w': 1}
 
 
 def test_a_checkpoint_of_another_architecture_names_keys_and_shapes():
@@ -92,4 +97,95 @@ def test_every_torch_load_in_the_package_is_weights_only():
             if isinstance(node, ast.Call) and ast.unparse(node.func).endswith(loads):
                 keywords = {k.arg: ast.unparse(k.value) for k in node.keywords}
                 calls.append((source.name, keywords.get('weights_only')))
-    assert len(calls) >= 5 and all(flag == 'True' for _, flag in calls), calls
+    # the loaders of checkpoints, training states and torchvision's weights: the scan finds them
+    assert {'checkpoint.py', 'compat.py', 'torchvision_weights.py'} <= {name for name, _ in calls}, calls
+    assert all(flag == 'True' for _, flag in calls), calls
+
+
+def tiny_state(seed=0):
+    torch.manual_seed(seed)
+    return USAID(num_feat=8, num_layers=3).state_dict()
+
+
+def same(a, b):
+    return list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize('layout', ['params', 'params_ema', 'module_prefix', 'bare', 'root'])
+def test_every_layout_gives_the_same_canonical_state_dict(tmp_path, layout):
+    state, ema = tiny_state(0), tiny_state(1)
+    stored, param_key, expected = {
+        'params': ({'params': state}, 'params', state),
+        'params_ema': ({'params': state, 'params_ema': ema}, 'params_ema', ema),
+        'module_prefix': ({'params': {f'module.{k}': v for k, v in state.items()}}, 'params', state),
+        'bare': (state, 'params', state),  # accepted with allow_bare
+        'root': (state, None, state),  # BasicSR's param_key_g: ~
+    }[layout]
+    torch.save(stored, tmp_path / 'net.pth')
+    net = USAID(num_feat=8, num_layers=3)
+    assert same(canonical_state_dict(str(tmp_path / 'net.pth'), param_key, allow_bare=True, net=net), expected)
+
+
+def test_a_bare_state_dict_is_refused_where_basicsr_expects_its_format(tmp_path):
+    torch.save(tiny_state(), tmp_path / 'bare.pth')
+    with pytest.raises(CheckpointError, match="has no 'params' entry .* run usaid-convert on it"):
+        canonical_state_dict(str(tmp_path / 'bare.pth'))
+    torch.save({'params_ema': tiny_state()}, tmp_path / 'ema_only.pth')
+    with pytest.raises(CheckpointError, match="has no 'params' entry"):
+        canonical_state_dict(str(tmp_path / 'ema_only.pth'), allow_bare=True)
+
+
+@pytest.mark.skipif(not (CHECKPOINTS / 'USAID.pth').exists(), reason='released checkpoints not found')
+@pytest.mark.parametrize('name', ['DnCNN', 'USAID', 'SSAID'])
+def test_the_authors_released_files_load_strictly(name):
+    released = torch.load(CHECKPOINTS / f'{name}.pth', map_location='cpu', weights_only=True)
+    net = USAID()
+    state = canonical_state_dict(str(CHECKPOINTS / f'{name}.pth'), allow_bare=True, net=net)
+    net.load_state_dict(state, strict=True)
+    assert list(state) == list(net.state_dict())
+    assert all(torch.equal(state[k[len('module.'):]], v) for k, v in released.items())
+    assert all(int(v) == 0 for k, v in state.items() if k.endswith('num_batches_tracked'))  # pre-0.4.1: none saved
+
+
+@pytest.fixture
+def torch_loads(monkeypatch):
+    """The files ``torch.load`` reads, in order."""
+    loads, load = [], torch.load
+
+    def counting(f, *args, **kwargs):
+        loads.append(f)
+        return load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, 'load', counting)
+    return loads
+
+
+def test_each_checkpoint_file_is_read_once(tmp_path, torch_loads):
+    torch.save({'params': tiny_state(0), 'params_ema': tiny_state(1)}, tmp_path / 'net_g.pth')
+    path = str(tmp_path / 'net_g.pth')
+    network_opt = {'type': 'USAID', 'num_feat': 8, 'num_layers': 3}
+
+    net = USAID(num_feat=8, num_layers=3)
+    model = USAIDModel.__new__(USAIDModel)  # only load_network is exercised: no options, no device
+    logger, logged = logging.getLogger('basicsr'), logging.Handler()
+    logged.emit = torch_loads.append  # BasicSR's logger does not propagate to pytest's capture
+    level = logger.level
+    logger.addHandler(logged)
+    logger.setLevel(logging.INFO)  # as BasicSR's pipelines set it with their log file
+    try:
+        model.load_network(net, path, strict=True, param_key='params_ema')
+    finally:
+        logger.removeHandler(logged)
+        logger.setLevel(level)
+    messages = [r.getMessage() for r in torch_loads if isinstance(r, logging.LogRecord)]
+    assert f'Loading USAID model from {path}, with param key: [params_ema].' in messages  # BasicSR's line
+    assert len(torch_loads) - len(messages) == 1 and same(net.state_dict(), tiny_state(1))
+
+    torch_loads.clear()
+    assert same(load_denoiser(path, network_opt).state_dict(), tiny_state(1))
+    assert len(torch_loads) == 1
+
+    torch_loads.clear()
+    _, weights, param_key = resolve_model(path)
+    canonical, _ = canonical_checkpoint('m', weights, network_opt, param_key, str(tmp_path))
+    assert len(torch_loads) == 1 and same(load_checkpoint(canonical)['params'], tiny_state(0))

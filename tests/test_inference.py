@@ -12,9 +12,9 @@ from torch import nn
 
 from tests.conftest import CHECKPOINTS, KODAK24
 from usaid.archs import USAID
-from usaid.data.gaussian_noise_dataset import add_protocol_noise
+from usaid.data.data_util import add_protocol_noise
 from usaid.inference import InferenceNetwork, WinogradConv2d, resolve_conv_algo, winograd_available
-from usaid.tools.denoise import denoise, load_denoiser
+from usaid.denoiser import denoise, load_denoiser
 
 
 def trained_like_denoiser():

@@ -116,7 +116,7 @@ def test_misspelled_arguments_are_named_with_the_right_spelling(image_folder):
 def test_missing_and_nonexistent_data_paths_name_the_key_and_path(image_folder, tmp_path):
     opt = tiny_options(image_folder)
     del opt['datasets']['train']['dataroot_gt']
-    assert only_problem(opt).startswith('datasets:train:dataroot_gt: found None')
+    assert only_problem(opt).startswith('datasets:train:dataroot_gt: missing')
     opt['datasets']['train']['dataroot_gt'] = str(tmp_path / 'nowhere')
     assert only_problem(opt) == (f'datasets:train:dataroot_gt: {tmp_path / "nowhere"} does not exist or is not a '
                                  'folder; expected a folder of images')

@@ -3,9 +3,12 @@
 BasicSR 1.4.2's ``save_network`` retries a failed ``torch.save`` three times and then only logs a warning, leaving
 a partly written file under the checkpoint's own name; its ``load_network`` fails on a mismatching file with
 ``load_state_dict``'s error after a ``KeyError`` for a missing ``params``. These helpers give instead: the previous
-file intact and an error naming the file and the cause; and the keys and shapes that do not fit.
+file intact and an error naming the file and the cause; and the keys and shapes that do not fit. What a checkpoint
+file is (BasicSR's ``params``/``params_ema``, the authors' released state dicts, ``module.`` prefixes) is decided in
+one place, :func:`canonical_state_dict`, which every loader calls.
 """
 import contextlib
+import io
 import os
 from os import path as osp
 
@@ -37,10 +40,12 @@ def save_atomically(obj, path):
                               'Free disk space (or fix the folder) and resume with --auto_resume.') from error
 
 
-def load_checkpoint(path):
-    """A checkpoint loaded with ``weights_only=True`` (tensors and containers only: no code from the file runs)."""
+def load_checkpoint(path, content=None):
+    """A checkpoint loaded with ``weights_only=True`` (tensors and containers only: no code from the file runs).
+    ``content``: the bytes of ``path`` when the caller has read them already (to hash them), so the file is read
+    once."""
     try:
-        return torch.load(path, map_location='cpu', weights_only=True)
+        return torch.load(io.BytesIO(content) if content is not None else path, map_location='cpu', weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f'{path}: does not exist.') from None
     except Exception as error:  # noqa: BLE001  (garbage makes the unpickler raise anything: KeyError, EOFError, ...)
@@ -48,22 +53,55 @@ def load_checkpoint(path):
         raise CheckpointError(f'{path}: cannot be loaded as a PyTorch checkpoint of weights ({first_line}).') from None
 
 
-def network_state(checkpoint, path, param_key='params'):
-    """The state dict stored under ``param_key`` (BasicSR's rule: ``params`` when ``params_ema`` is absent), with
-    DataParallel's ``module.`` prefixes removed."""
+def stored_param_key(checkpoint, path, param_key='params', allow_bare=False):
+    """The entry of ``checkpoint`` (loaded from ``path``) that holds the network's state dict, by BasicSR's rule
+    (``params`` when ``params_ema`` is absent), or None when the checkpoint itself is the state dict: ``param_key``
+    None (BasicSR's ``param_key_g: ~``), or, with ``allow_bare``, a bare state dict of tensors (the authors' released
+    files, torchvision's weights). :class:`CheckpointError` when there is no such entry."""
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f'{path}: holds a {type(checkpoint).__name__}; expected a dict of network weights.')
-    if param_key is not None:
-        if param_key not in checkpoint and param_key == 'params_ema' and 'params' in checkpoint:
-            param_key = 'params'
-        if param_key not in checkpoint:
-            tensors = all(torch.is_tensor(v) for v in checkpoint.values())
-            hint = (' It is a bare state dict (e.g. the authors\' released files): run usaid-convert on it, or set '
-                    'path:param_key_g to ~.') if tensors else ''
-            raise CheckpointError(f'{path}: has no {param_key!r} entry (it has {", ".join(map(str, checkpoint))}); '
-                                  f'expected a BasicSR checkpoint.{hint}')
-        checkpoint = checkpoint[param_key]
-    return {k[len('module.'):] if k.startswith('module.') else k: v for k, v in checkpoint.items()}
+    if param_key is None:
+        return None
+    if param_key not in checkpoint and param_key == 'params_ema' and 'params' in checkpoint:
+        return 'params'
+    if param_key in checkpoint:
+        return param_key
+    bare = bool(checkpoint) and all(torch.is_tensor(v) for v in checkpoint.values())
+    if bare and allow_bare:
+        return None
+    hint = (' It is a bare state dict (e.g. the authors\' released files): run usaid-convert on it, or set '
+            'path:param_key_g to ~.') if bare else ''
+    raise CheckpointError(f'{path}: has no {param_key!r} entry (it has {", ".join(map(str, checkpoint))}); '
+                          f'expected a BasicSR checkpoint.{hint}')
+
+
+def canonical_state_dict(path, param_key='params', allow_bare=False, net=None, strict=True, checkpoint=None):
+    """The network state dict that the checkpoint file ``path`` holds, whatever its layout: the one place that decides
+    what a checkpoint file is. The file is loaded here (:func:`load_checkpoint`) unless ``checkpoint``, its content,
+    is given.
+
+    Layouts: BasicSR's ``{param_key: state dict}`` (:func:`stored_param_key`); with ``allow_bare``, also a bare state
+    dict, such as the authors' released files (``DnCNN.pth``, ``USAID.pth``, ``SSAID.pth``: saved from
+    ``nn.DataParallel`` by a pre-0.4.1 PyTorch, so keys ``module.*`` and no BatchNorm ``num_batches_tracked``).
+    DataParallel's ``module.`` prefixes are removed. With ``net``, BatchNorm counters the file lacks are added as
+    zeros (PyTorch's initial value), the state is checked to fit ``net`` (:func:`check_fits`, ``strict`` as
+    ``load_state_dict``), and its keys come in ``net``'s order.
+    """
+    if checkpoint is None:
+        checkpoint = load_checkpoint(path)
+    key = stored_param_key(checkpoint, path, param_key, allow_bare)
+    state = checkpoint if key is None else checkpoint[key]
+    if not isinstance(state, dict):
+        raise CheckpointError(f'{path}: {key!r} holds a {type(state).__name__}; expected a state dict.')
+    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
+    if net is None:
+        return state
+    own = net.state_dict()
+    for k, value in own.items():
+        if k.endswith('num_batches_tracked') and k not in state:
+            state[k] = torch.zeros_like(value)
+    check_fits(net, state, path, strict)
+    return {**{k: state[k] for k in own if k in state}, **state}
 
 
 def check_fits(net, state, path, strict=True):

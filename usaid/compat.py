@@ -107,14 +107,11 @@ def model_to_device(self, net):
 def get_optimizer(self, optim_type, params, lr, **kwargs):
     """Replaces ``BaseModel.get_optimizer``: 1.4.2 accepts only ``Adam``; upstream master later added AdamW, SGD and
     others (unreleased). Any optimizer class in ``torch.optim`` is accepted here, by name."""
-    optimizer_class = getattr(torch.optim, str(optim_type), None)
-    if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.Optimizer)):
-        known = sorted(n for n, c in vars(torch.optim).items()
-                       if isinstance(c, type) and issubclass(c, torch.optim.Optimizer)
-                       and c is not torch.optim.Optimizer)
+    from usaid.basicsr_sections import OPTIMIZERS  # not at the top: compat runs before basicsr can be imported
+    if optim_type not in OPTIMIZERS:
         raise ValueError(f'train: optim_g: type: {optim_type!r} is not an optimizer of torch.optim; '
-                         f'expected one of {", ".join(known)}.')
-    return optimizer_class(params, lr, **kwargs)
+                         f'expected one of {", ".join(sorted(OPTIMIZERS))}.')
+    return OPTIMIZERS[optim_type](params, lr, **kwargs)
 
 
 def map_location(opt):

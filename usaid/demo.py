@@ -23,6 +23,7 @@ from basicsr.train import train_pipeline
 from basicsr.utils import imwrite, tensor2img
 
 from usaid import yaml_io
+from usaid.checkpoint import canonical_state_dict
 
 DEMO_OPTIONS = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'options', 'demo_usaid_cpu.yml')
 TRAIN_IMAGES = {
@@ -60,7 +61,7 @@ def write_demo_images(root):
 def evaluate(opt, weights_path):
     """PSNR of the noisy and the denoised validation images, and their side-by-side rows (8-bit BGR)."""
     net = build_network(opt['network_g'])
-    net.load_state_dict(torch.load(weights_path, map_location='cpu', weights_only=True)['params'])
+    net.load_state_dict(canonical_state_dict(weights_path, net=net))
     net.eval()
     dataset_opt = dict(opt['datasets']['val'], phase='val')
     rows, results = [], []

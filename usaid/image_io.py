@@ -1,12 +1,17 @@
-"""Photographs as viewers show them: EXIF orientation applied, files of several frames refused.
+"""Image files read and written for the tools: photographs as viewers show them (EXIF orientation applied, files of
+several frames refused), 8-bit and 16-bit, gray and alpha kept, written whole or not at all.
 
 A camera stores a portrait photo as landscape pixels plus an EXIF orientation tag; viewers, and OpenCV's
 ``cv2.imread`` with ``IMREAD_COLOR`` (so the datasets' readers), turn the pixels upright. ``IMREAD_UNCHANGED``, which
 the tools need to keep 16-bit samples, gray and alpha, does not: the tag is read here (PIL, from the header) and
 applied to the pixels instead, so every tool sees the image the same way.
 """
+import os
+from os import path as osp
+
 import cv2
 import numpy as np
+from basicsr.utils import tensor2img
 from PIL import Image, UnidentifiedImageError
 
 EXIF_ORIENTATION = 0x0112
@@ -54,3 +59,72 @@ def read_upright(path, what='image'):
     if img is None:
         raise ValueError(f'{path}: cannot be read as an image.')
     return upright(img, orientation)
+
+
+def read_image(path):
+    """Image as float32 RGB (H, W, 3) in [0, 1], its integer dtype, whether it was gray (then 3 equal channels), and
+    its alpha channel (or None). EXIF orientation is applied; a file of several frames is refused."""
+    img = read_upright(path, 'input')
+    if img.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f'{path}: {img.dtype} images are not supported; expected 8-bit or 16-bit.')
+    dtype, alpha, gray = img.dtype, None, img.ndim == 2
+    if gray:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+    elif img.shape[2] == 4:
+        img, alpha = img[..., :3], img[..., 3]
+    elif img.shape[2] != 3:
+        raise ValueError(f'{path}: {img.shape[2]} channels; expected gray, RGB or RGBA.')
+    rgb = img[..., ::-1].astype(np.float32) / np.iinfo(dtype).max
+    return rgb, dtype, gray, alpha
+
+
+def to_image(tensor, dtype, gray=False, alpha=None):
+    """A (1, 3, H, W) result as a BGR(A) or gray array of ``dtype``, through BasicSR's ``tensor2img``."""
+    if dtype == np.uint8:
+        img = tensor2img(tensor)
+    else:
+        img = (tensor2img(tensor, out_type=np.float32) * np.iinfo(dtype).max).round().astype(dtype)
+    if gray:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    return img if alpha is None else np.dstack([img, alpha])
+
+
+def check_format(path, dtype, channels, source):
+    """Refuse to write an image of ``dtype`` and ``channels`` (1 gray, 3 RGB, 4 RGBA) to the format of ``path``'s
+    extension if the format would drop bits or the alpha channel (JPEG holds 8-bit images without alpha): a tiny
+    image of the same kind is encoded and read back."""
+    extension = osp.splitext(path)[1].lower()
+    probe = np.zeros((4, 4, channels) if channels > 1 else (4, 4), dtype)
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # not OpenCV's warning: the message below
+    try:
+        encoded, data = cv2.imencode(extension, probe)
+    except cv2.error:
+        encoded = False
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+    back = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if encoded else None
+    if back is None or back.dtype != dtype or (back.shape[2] if back.ndim == 3 else 1) < channels:
+        kind = {1: 'gray', 3: 'RGB', 4: 'RGBA'}[channels]
+        raise ValueError(f'{path}: {extension} cannot hold a {8 * np.dtype(dtype).itemsize}-bit {kind} image without '
+                         f'loss, and {source} is one; expected an output name ending with .png or .tif.')
+
+
+def write_image(img, path):
+    """Write ``img`` in the format of ``path``'s extension through a temporary file in the same folder, renamed over
+    ``path`` once complete: ``path`` is the whole new image or what it was before, never a part."""
+    folder, name = osp.split(osp.abspath(path))
+    partial = osp.join(folder, f'.{name}.partial')
+    try:
+        os.makedirs(folder, exist_ok=True)
+        encoded, data = cv2.imencode(osp.splitext(name)[1], img)
+        if not encoded:
+            raise OSError(f'OpenCV could not encode it as {osp.splitext(name)[1]}')
+        with open(partial, 'wb') as f:
+            f.write(data.tobytes())
+        os.replace(partial, path)
+    except OSError as error:
+        if osp.exists(partial):
+            os.remove(partial)
+        raise OSError(f'{path}: could not be written ({error.strerror or error}); the images written before it are '
+                      'kept. Check the free disk space and that the folder can be written.') from None

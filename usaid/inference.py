@@ -13,16 +13,21 @@ An opt-in bf16 mode trades a measured PSNR cost for speed. Measured speeds and P
 import contextlib
 import copy
 import warnings
+from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.fx.experimental.optimization import fuse
 
+from usaid.declarations import Declaration, declared, option
 from usaid.network_probe import PROBE_SIZE, pad_to_multiple, size_multiple
 
-CONV_ALGOS = ('auto', 'winograd', 'direct')
-PRECISIONS = ('fp32', 'bf16')
+ConvAlgo = Literal['auto', 'winograd', 'direct']
+Precision = Literal['fp32', 'bf16']
+CONV_ALGOS = get_args(ConvAlgo)
+PRECISIONS = get_args(Precision)
 
 
 def check_precision(precision, key='precision'):
@@ -89,6 +94,7 @@ def resolve_conv_algo(conv_algo, device, precision):
     return conv_algo
 
 
+@declared
 class InferenceNetwork(nn.Module):
     """An inference-only copy of a trained network (eval mode, no gradients) that computes the same function faster.
 
@@ -103,23 +109,27 @@ class InferenceNetwork(nn.Module):
 
     Args:
         net (nn.Module): The trained network, a restorer at scale 1; left unchanged.
-        fold_bn (bool): Fold eval-mode BatchNorm into the preceding convolutions, where there is BatchNorm and
-            ``torch.fx`` can trace the network. Default: True.
-        conv_algo (str): 'winograd' (NNPACK, float32 CPU only), 'direct' (oneDNN / cuDNN) or 'auto' (Winograd where
-            it applies). Default: 'auto'.
-        channels_last (bool): Use channels_last tensors with direct convolutions (ignored with Winograd, which needs
-            NCHW). Default: True.
-        precision (str): 'fp32', or 'bf16' (bfloat16 autocast: faster where the hardware has bf16 instructions, at a
-            measured PSNR cost; opt-in). Default: 'fp32'.
     """
 
-    def __init__(self, net, fold_bn=True, conv_algo='auto', channels_last=True, precision='fp32'):
+    @dataclass(frozen=True, kw_only=True)
+    class Options(Declaration):
+        owner, kind = 'val:inference', 'option'
+        fold_bn: bool = option(True, 'Fold eval-mode BatchNorm into the preceding convolutions, where there is '
+                                     'BatchNorm and torch.fx can trace the network')
+        conv_algo: ConvAlgo = option('auto', "winograd (NNPACK, float32 CPU only), direct (oneDNN / cuDNN) or auto "
+                                             '(Winograd where it applies)')
+        channels_last: bool = option(True, 'channels_last tensors with direct convolutions (Winograd needs NCHW)')
+        precision: Precision = option('fp32', 'fp32, or bf16 autocast: faster where the hardware has bf16 '
+                                              'instructions, at a measured PSNR cost; opt-in')
+
+    def __init__(self, net, **options):
         super().__init__()
+        opt = self.Options.parse(options, 'InferenceNetwork')
         self.device = next(net.parameters()).device
-        self.conv_algo = resolve_conv_algo(conv_algo, self.device, precision)
-        self.precision = precision
-        self.fold_bn = fold_bn and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
-        self.channels_last = channels_last
+        self.conv_algo = resolve_conv_algo(opt.conv_algo, self.device, opt.precision)
+        self.precision = opt.precision
+        self.fold_bn = opt.fold_bn and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
+        self.channels_last = opt.channels_last
         self.plain = copy.deepcopy(net).eval().requires_grad_(False)
         self.net = None  # the fast copy, made by the first call
         self.size_multiple = 1
@@ -200,11 +210,12 @@ def precision_autocast(device, precision='fp32'):
 def add_inference_arguments(parser):
     """Add the switches of :class:`InferenceNetwork` to the ``argparse`` ``parser`` of a tool that runs a network, the
     same in every tool; returns the argument group, for a tool's own speed switches."""
+    defaults = InferenceNetwork.Options()
     group = parser.add_argument_group('speed (defaults: the fastest settings that keep the float32 results)')
-    group.add_argument('--precision', choices=PRECISIONS, default='fp32',
+    group.add_argument('--precision', choices=PRECISIONS, default=defaults.precision,
                        help='bf16: bfloat16 autocast, faster on CPUs with bf16 instructions and on GPUs, '
                        'about 0.1 dB lower PSNR (docs/benchmarks.md)')
-    group.add_argument('--conv-algo', choices=CONV_ALGOS, default='auto',
+    group.add_argument('--conv-algo', choices=CONV_ALGOS, default=defaults.conv_algo,
                        help='winograd: NNPACK (float32 CPU); direct: oneDNN / cuDNN; auto: winograd where it applies')
     group.add_argument('--no-fold-bn', dest='fold_bn', action='store_false',
                        help='keep BatchNorm layers instead of folding them into the convolutions')

@@ -13,7 +13,8 @@ from tests.conftest import CHECKPOINTS, KODAK24, console_script, file_size_limit
 from usaid.archs import USAID
 from usaid.inference import InferenceNetwork
 from usaid.tools import denoise as denoise_tool
-from usaid.tools.denoise import denoise, main
+from usaid.denoiser import denoise
+from usaid.tools.denoise import main
 
 needs_released = pytest.mark.skipif(not ((CHECKPOINTS / 'USAID.pth').exists() and KODAK24.exists()),
                                     reason='released checkpoints or Kodak24 not found')

@@ -16,7 +16,8 @@ from usaid.errors import CheckpointError
 from usaid.inference import InferenceNetwork
 from usaid.segmentation import VOC_CLASSES, confusion_matrix, segmentation_scores
 from usaid.tools import segeval as segeval_tool
-from usaid.tools.segeval import IMAGENET_MEAN, IMAGENET_STD, SegevalError, build_segnet, main
+from usaid.tools.segeval import SegevalError, build_segnet, main
+from usaid.torchvision_weights import IMAGENET_MEAN, IMAGENET_STD
 
 VOC_PALETTE = [v for i in range(256) for v in ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)]
 

@@ -8,7 +8,7 @@ from basicsr.utils import tensor2img
 
 from tests.conftest import smooth_image, write_options
 from usaid.archs import USAID
-from usaid.data.gaussian_noise_dataset import add_protocol_noise
+from usaid.data.data_util import add_protocol_noise
 from usaid.inference import InferenceNetwork
 from usaid.tools import visualize as visualize_tool
 from usaid.tools.visualize import DPI, PANEL_INCHES, main, visualize

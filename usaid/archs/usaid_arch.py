@@ -1,40 +1,48 @@
 import math
+from dataclasses import dataclass
 
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
+from usaid.declarations import Declaration, declared, option
+
 
 @ARCH_REGISTRY.register()
+@declared
 class USAID(nn.Module):
     """The U-SAID denoiser: a colour DnCNN with residual learning (Zhang et al. 2017; Wang et al. 2019).
 
     ``num_layers`` 3x3 convolutions without bias: Conv+ReLU, then ``num_layers - 2`` x (Conv+BN+ReLU), then Conv.
     The body predicts the noise; :meth:`forward` returns the restored image ``x - body(x)`` (BasicSR's convention).
     The modules sit in one ``nn.Sequential`` named ``dncnn`` with the authors' indices (conv at 0, 2, 5, ..., BN at
-    3, 6, ...), so the released checkpoints map key for key onto this layout.
-
-    Args:
-        num_in_ch (int): Channels of the noisy input. Default: 3.
-        num_out_ch (int): Channels of the predicted noise; must equal ``num_in_ch`` for the residual. Default: 3.
-        num_feat (int): Feature channels. Default: 64.
-        num_layers (int): Convolution layers in all (at least 2). Default: 20, which gives 669,312 parameters.
-        use_bn (bool): BatchNorm after the middle convolutions. Default: True.
+    3, 6, ...), so the released checkpoints map key for key onto this layout. The defaults give 669,312 parameters.
     """
 
-    def __init__(self, num_in_ch=3, num_out_ch=3, num_feat=64, num_layers=20, use_bn=True):
+    @dataclass(frozen=True, kw_only=True)
+    class Options(Declaration):
+        num_in_ch: int = option(3, 'Channels of the noisy input', minimum=1)
+        num_out_ch: int = option(3, 'Channels of the predicted noise; must equal num_in_ch for the residual',
+                                 minimum=1)
+        num_feat: int = option(64, 'Feature channels', minimum=1)
+        num_layers: int = option(20, 'Convolution layers in all', minimum=2)
+        use_bn: bool = option(True, 'BatchNorm after the middle convolutions')
+
+        def rules(self):
+            if self.num_out_ch != self.num_in_ch:
+                yield 'num_out_ch', (f'found {self.num_out_ch}, but num_in_ch is {self.num_in_ch}; expected the same: '
+                                     'the network subtracts its output from its input')
+
+    def __init__(self, **options):
         super().__init__()
-        if num_out_ch != num_in_ch:
-            raise ValueError(f'USAID: num_out_ch ({num_out_ch}) must equal num_in_ch ({num_in_ch}): the network '
-                             'subtracts its output from its input.')
-        if num_layers < 2:
-            raise ValueError(f'USAID: num_layers must be at least 2, got {num_layers}.')
+        opt = self.Options.parse(options, 'USAID')
+        num_in_ch, num_feat, num_layers = opt.num_in_ch, opt.num_feat, opt.num_layers
         layers = [nn.Conv2d(num_in_ch, num_feat, 3, padding=1, bias=False), nn.ReLU(inplace=True)]
         for _ in range(num_layers - 2):
             layers.append(nn.Conv2d(num_feat, num_feat, 3, padding=1, bias=False))
-            if use_bn:
+            if opt.use_bn:
                 layers.append(nn.BatchNorm2d(num_feat))
             layers.append(nn.ReLU(inplace=True))
-        layers.append(nn.Conv2d(num_feat, num_out_ch, 3, padding=1, bias=False))
+        layers.append(nn.Conv2d(num_feat, opt.num_out_ch, 3, padding=1, bias=False))
         self.dncnn = nn.Sequential(*layers)
         self.reset_parameters()
 

@@ -1,4 +1,6 @@
 import os
+from dataclasses import dataclass
+from typing import Annotated, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -6,12 +8,15 @@ import torchvision
 from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 
-# The RGB mean the authors subtract (no division by a standard deviation), and torchvision's ImageNet statistics.
-SEED_MEAN = (0.48109378172, 0.4575245789, 0.4078705409)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from usaid.checkpoint import canonical_state_dict
+from usaid.declarations import Declaration, ExistingFile, declared, option
+from usaid.torchvision_weights import IMAGENET_MEAN, IMAGENET_STD, load_imagenet_state_dict
 
-BACKBONES = ('resnet18', 'resnet34', 'resnet50', 'resnet101')
+# The RGB mean the authors subtract (no division by a standard deviation).
+SEED_MEAN = (0.48109378172, 0.4575245789, 0.4078705409)
+
+Backbone = Literal['resnet18', 'resnet34', 'resnet50', 'resnet101']
+BACKBONES = get_args(Backbone)
 
 
 def batch_statistics_problem(bn_mode, batch, height, width):
@@ -31,26 +36,8 @@ def batch_statistics_problem(bn_mode, batch, height, width):
             'images of at least 33x33')
 
 
-def imagenet_weights_path(backbone):
-    """Where torchvision keeps (and looks for) the ImageNet weights of ``backbone``."""
-    weights = torchvision.models.get_model_weights(backbone).IMAGENET1K_V1
-    return weights.url, os.path.join(torch.hub.get_dir(), 'checkpoints', os.path.basename(weights.url))
-
-
-def load_imagenet_state_dict(backbone):
-    """torchvision's ImageNet weights, from its cache or downloaded; a clear error says what to place where."""
-    url, path = imagenet_weights_path(backbone)
-    try:
-        return torch.hub.load_state_dict_from_url(url, map_location='cpu', check_hash=True, weights_only=True)
-    except (OSError, RuntimeError) as error:  # URLError is an OSError; a bad hash is a RuntimeError
-        raise RuntimeError(
-            f"USANet: pretrained='imagenet' needs torchvision's {backbone} ImageNet weights, which are neither in "
-            f'the cache nor downloadable here ({error}). Download {url} and place it at {path} '
-            "(the folder is $TORCH_HOME/hub/checkpoints), or set the USANet option 'pretrained' to a local "
-            "weights file or to 'none'.") from error
-
-
 @ARCH_REGISTRY.register()
+@declared
 class USANet(nn.Module):
     """The USA module of U-SAID: a ResNet + FPN feature embedding and an unsupervised K-way segmentation head.
 
@@ -62,34 +49,34 @@ class USANet(nn.Module):
     pretrained weights. Parameters are built from ``init_seed`` inside a forked RNG, so the same options always
     give the same network, on every rank and after a resume, without touching the global random state.
 
-    Args:
-        backbone (str): torchvision ResNet: resnet18, resnet34, resnet50 or resnet101. Default: resnet101.
-        num_classes (int): Segmentation classes K. Default: 21.
-        pretrained (str): Backbone weights: 'imagenet' (torchvision's ImageNet weights, from $TORCH_HOME),
-            a path to a torchvision ResNet state dict, or 'none' (random). Default: 'imagenet'.
-        input_norm (str): 'seed' subtracts the authors' RGB mean only (as the original); 'imagenet' subtracts the
-            ImageNet mean and divides by its std. Default: 'seed'.
-        bn_mode (str): 'train' normalises with batch statistics (as the original) without updating the running
-            statistics; 'eval' uses the running statistics. The mode is fixed: ``.train()``/``.eval()`` of a
-            parent module do not change it. Default: 'train'.
-        init_seed (int): Seed of the random initialisation (FPN, head, and the backbone when not pretrained).
-            Default: 0.
+    ``pretrained`` 'imagenet' takes torchvision's ImageNet weights from $TORCH_HOME (downloaded once); ``input_norm``
+    'seed' subtracts the authors' RGB mean only (as the original), 'imagenet' also divides by ImageNet's std;
+    ``bn_mode`` 'train' normalises with batch statistics (as the original) without updating the running statistics,
+    and the mode is fixed: ``.train()``/``.eval()`` of a parent module do not change it.
     """
 
-    def __init__(self, backbone='resnet101', num_classes=21, pretrained='imagenet', input_norm='seed',
-                 bn_mode='train', init_seed=0):
+    @dataclass(frozen=True, kw_only=True)
+    class Options(Declaration):
+        backbone: Backbone = option('resnet101', 'torchvision ResNet of the feature embedding')
+        num_classes: int = option(21, 'Segmentation classes K', minimum=1)
+        pretrained: Annotated[str, ExistingFile('imagenet', 'none', what='torchvision ResNet weights file')] = option(
+            'imagenet', "Backbone weights: 'imagenet' (torchvision's), a state dict file, or 'none' (random)")
+        input_norm: Literal['seed', 'imagenet'] = option('seed', "Input normalisation: the authors' mean, or "
+                                                                 "ImageNet's mean and std")
+        bn_mode: Literal['train', 'eval'] = option('train', 'BatchNorm with batch statistics (train) or running '
+                                                            'statistics (eval)')
+        init_seed: int = option(0, 'Seed of the random initialisation (FPN, head, and an unpretrained backbone)',
+                                minimum=0)
+
+    def __init__(self, **options):
         super().__init__()
-        if backbone not in BACKBONES:
-            raise ValueError(f'USANet: backbone {backbone!r} is not supported; expected one of {", ".join(BACKBONES)}.')
-        if input_norm not in ('seed', 'imagenet'):
-            raise ValueError(f"USANet: input_norm {input_norm!r}: expected 'seed' or 'imagenet'.")
-        if bn_mode not in ('train', 'eval'):
-            raise ValueError(f"USANet: bn_mode {bn_mode!r}: expected 'train' or 'eval'.")
+        opt = self.Options.parse(options, 'USANet')
+        backbone, bn_mode = opt.backbone, opt.bn_mode
         self.bn_mode = bn_mode
-        self.num_classes = num_classes
+        self.num_classes = opt.num_classes
 
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(init_seed)
+            torch.manual_seed(opt.init_seed)
             resnet = getattr(torchvision.models, backbone)(weights=None)
             stage_channels = [getattr(resnet, f'layer{i}')[-1].conv1.in_channels for i in range(1, 5)]
             self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
@@ -98,16 +85,16 @@ class USANet(nn.Module):
             self.smooth = nn.ModuleList([
                 nn.Sequential(nn.Conv2d(256, 256, 3, padding=1), nn.Conv2d(256, 128, 3, padding=1)) for _ in range(4)
             ])
-            self.classifier = nn.Conv2d(4 * 128, num_classes, 3, padding=1)
+            self.classifier = nn.Conv2d(4 * 128, opt.num_classes, 3, padding=1)
             for module in [*self.laterals, *self.smooth, self.classifier]:
                 for conv in module.modules():
                     if isinstance(conv, nn.Conv2d):
                         nn.init.normal_(conv.weight, 0, 0.01)
                         nn.init.zeros_(conv.bias)
-        if pretrained != 'none':
-            self._load_backbone(backbone, pretrained)
+        if opt.pretrained != 'none':
+            self._load_backbone(backbone, opt.pretrained)
 
-        if input_norm == 'seed':
+        if opt.input_norm == 'seed':
             mean, std = SEED_MEAN, (1., 1., 1.)
         else:
             mean, std = IMAGENET_MEAN, IMAGENET_STD
@@ -124,12 +111,8 @@ class USANet(nn.Module):
     def _load_backbone(self, backbone, pretrained):
         if pretrained == 'imagenet':
             state = load_imagenet_state_dict(backbone)
-        elif os.path.isfile(pretrained):
-            state = torch.load(pretrained, map_location='cpu', weights_only=True)
-            state = state.get('params', state)
         else:
-            raise FileNotFoundError(f"USANet: pretrained {pretrained!r} is neither 'imagenet', 'none' nor an "
-                                    'existing weights file.')
+            state = canonical_state_dict(os.path.expanduser(pretrained), allow_bare=True)
         # torchvision's key names, mapped onto stem / stages; the classifier 'fc' is not used
         renamed = {}
         for key, value in state.items():

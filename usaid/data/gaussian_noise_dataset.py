@@ -2,7 +2,9 @@ import logging
 import os
 import random
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
 from os import path as osp
+from typing import Literal, get_args
 
 import cv2
 import numpy as np
@@ -12,11 +14,14 @@ from basicsr.utils import FileClient, img2tensor, scandir
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
+from usaid.basicsr_sections import LoaderOptions
+from usaid.data.data_util import IMAGE_EXTENSIONS, add_protocol_noise
 from usaid.data.image_scan import scan_folder_images, scan_lmdb_images
+from usaid.declarations import REQUIRED, Declaration, declared, option
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
-SIGMA_TYPES = ('fixed', 'uniform', 'choice')
-IO_BACKENDS = ('disk', 'lmdb')
+SigmaType = Literal['fixed', 'uniform', 'choice']
+IOBackendType = Literal['disk', 'lmdb']
+SIGMA_TYPES = get_args(SigmaType)
 _EXAMPLES = 3  # file names quoted in a message
 
 
@@ -53,8 +58,9 @@ def _examples(infos, describe):
     return shown + (f'; and {len(infos) - _EXAMPLES} more' if len(infos) > _EXAMPLES else '')
 
 
-def collect_images(opt):
-    """The images a :class:`GaussianNoiseDataset` with options ``opt`` reads, after checking them from their headers.
+def collect_images(options):
+    """The images a :class:`GaussianNoiseDataset` with ``options`` (its parsed :class:`GaussianNoiseDataset.Options`)
+    reads, after checking them from their headers.
 
     Returns ``(paths, warnings)``: file paths (LMDB keys for an LMDB) and the messages the dataset logs. Raises
     ``ValueError`` starting with the option key at fault: missing ``dataroot_gt``/``meta_info_file``/LMDB, no
@@ -64,12 +70,8 @@ def collect_images(opt):
     part of a test set does not compare with published tables. Gray and RGBA images are used (gray repeated to
     three channels, alpha dropped) with a counted warning; 16-bit images are read at full precision.
     """
-    phase = opt.get('phase', 'test')
-    root = opt.get('dataroot_gt')
-    backend = (opt.get('io_backend') or {}).get('type', 'disk')
-    if backend not in IO_BACKENDS:
-        raise ValueError(f'io_backend:type: found {backend!r}; expected one of {", ".join(IO_BACKENDS)}')
-    if not isinstance(root, str) or not root:
+    phase, root, backend = options.phase, options.dataroot_gt, options.io_backend.type
+    if not root:
         raise ValueError(f'dataroot_gt: found {root!r}; expected the path of a folder of images or of an LMDB')
     if not osp.isdir(root):
         raise ValueError(f'dataroot_gt: {root} does not exist or is not a folder; expected a folder of images'
@@ -92,12 +94,12 @@ def collect_images(opt):
                              f'the LMDB: {_examples(missing, lambda i: i.path)}; expected a meta_info.txt written '
                              'with the LMDB (usaid-make-lmdb)')
     else:
-        meta_info_file = opt.get('meta_info_file')
+        meta_info_file = options.meta_info_file
         if meta_info_file:
             if not osp.isfile(meta_info_file):
                 raise ValueError(f'meta_info_file: {meta_info_file} does not exist; expected a text file naming one '
                                  'image per line')
-            tmpl = opt.get('filename_tmpl', '{}')
+            tmpl = options.filename_tmpl
             with open(meta_info_file) as fin:
                 paths = [osp.join(root, tmpl.format(line.split()[0])) for line in fin if line.strip()]
             absent = [p for p in paths if not osp.exists(p)]
@@ -132,26 +134,20 @@ def collect_images(opt):
                              'readable image files')
         warnings.append(f'skipping {len(bad)} of {len(infos)} training images that cannot be used: {described}')
     good = [info for info in infos if not info.problem]
-    gt_size = opt.get('gt_size')
-    if phase == 'train' and _number(gt_size):
+    gt_size = options.gt_size
+    if phase == 'train' and gt_size is not None:
         small = [info for info in good if info.height and min(info.height, info.width) < gt_size]
         if small:
             raise ValueError(f'gt_size: {gt_size} is larger than {len(small)} of the {len(infos)} images: '
                              f'{_examples(small, lambda i: f"{i.path} ({i.height}x{i.width})")}; expected a crop '
                              'that fits every image (lower gt_size, or leave those images out)')
-    in_ch = opt.get('in_ch', 3)
+    in_ch = options.in_ch
     for flag, what in (('gray', 'gray (used with the channel repeated to RGB)'), ('alpha', 'with an alpha channel '
                                                                                            '(alpha dropped)')):
         flagged = [info for info in good if getattr(info, flag)]
         if flagged and not (flag == 'gray' and in_ch == 1):
             warnings.append(f'{len(flagged)} of {len(infos)} images are {what}, e.g. {flagged[0].path}')
     return [info.path for info in good], warnings
-
-
-def add_protocol_noise(rgb, sigma, seed=0):
-    """The literature's test noise: ``rgb + normal(0, sigma / 255)`` drawn over the whole H x W x C float array by a
-    generator seeded with ``seed`` (the numbers of ``np.random.seed(seed); np.random.normal(...)``), unclipped."""
-    return rgb + np.random.RandomState(seed).normal(0, sigma / 255., rgb.shape)
 
 
 @contextmanager
@@ -184,7 +180,31 @@ def decode_image(content, path, in_ch=3):
     return img[..., None] if img.ndim == 2 else img
 
 
+@dataclass(frozen=True, kw_only=True)
+class IOBackendOptions(Declaration):
+    """A dataset's ``io_backend``: BasicSR's ``FileClient`` options."""
+    owner, kind = 'io_backend', 'option'
+    type: IOBackendType = option('disk', "BasicSR's FileClient backend: disk (files) or lmdb")
+    readonly: bool = option(True, 'lmdb: open the environment read-only')
+    lock: bool = option(False, 'lmdb: lock the environment')
+    readahead: bool = option(False, 'lmdb: let the OS read ahead')
+
+    def rules(self):
+        for key in ('readonly', 'lock', 'readahead'):
+            if self.type == 'disk' and getattr(self, key) != self.__dataclass_fields__[key].default:
+                yield key, f'is an option of the lmdb backend; expected type: lmdb, or no {key}'
+
+    def file_client_options(self):
+        """The keyword arguments of BasicSR's ``FileClient`` for this backend (disk takes none)."""
+        return asdict(self) if self.type == 'lmdb' else {'type': 'disk'}
+
+
+# what BasicSR's loader reads from the same options: not the dataset's
+_LOADER_KEYS = {f.name for f in fields(LoaderOptions)} - {'phase'} | {'type', 'resume'}  # resume: usaid.compat's
+
+
 @DATASET_REGISTRY.register()
+@declared
 class GaussianNoiseDataset(data.Dataset):
     """Clean images with additive white Gaussian noise (AWGN), for training and testing denoisers.
 
@@ -205,51 +225,65 @@ class GaussianNoiseDataset(data.Dataset):
     without touching the global random state. No clipping, no quantisation.
 
     Args:
-        opt (dict): Options:
-            dataroot_gt (str): Folder of clean images, or an LMDB folder (``*.lmdb``).
-            io_backend (dict): BasicSR's ``FileClient`` options: ``type`` disk or lmdb.
-            meta_info_file (str, optional): For disk: read only the images named (first word per line).
-            filename_tmpl (str): For disk with ``meta_info_file``: file name of each listed name, e.g. ``'{}.jpg'``
-                for VOC's ``ImageSets`` lists, which name images without extension. Default: ``'{}'``.
-            gt_size (int): Training crop size.
-            use_hflip (bool): Training: random horizontal flips. Default: False.
-            use_rot (bool): Training: random vertical flips and 90-degree rotations. Default: False.
-            in_ch (int): 3 for colour, 1 for gray. Default: 3.
-            sigma_type (str): fixed, uniform or choice. Default: fixed.
-            sigma (float | list): A number for fixed, ``[low, high]`` for uniform, a list for choice (0-255 scale).
-            noise_seed (int): Validation/test seed, the same for every image. Default: 0.
-            phase (str): train, val or test (set by BasicSR from the datasets key).
+        opt (dict): BasicSR's loader keys and these options:
     """
+
+    @dataclass(frozen=True, kw_only=True)
+    class Options(Declaration):
+        kind = 'option'
+        dataroot_gt: str = option(REQUIRED, 'Folder of clean images, or an LMDB folder (*.lmdb)')
+        io_backend: IOBackendOptions | None = option(None, "BasicSR's FileClient options; default: disk")
+        meta_info_file: str | None = option(None, 'disk: read only the images it names (first word per line)')
+        filename_tmpl: str = option('{}', "disk with meta_info_file: file name of each listed name, e.g. '{}.jpg' "
+                                          "for VOC's ImageSets lists")
+        gt_size: int | None = option(None, 'Training crop size (required for training)', minimum=1)
+        use_hflip: bool = option(False, 'Training: random horizontal flips')
+        use_rot: bool = option(False, 'Training: random vertical flips and 90-degree rotations')
+        in_ch: Literal[1, 3] = option(3, '3 for colour, 1 for gray')
+        sigma_type: SigmaType = option('fixed', 'fixed, uniform or choice')
+        sigma: float | tuple[float, ...] = option(REQUIRED, 'Noise level(s), 0-255 scale: a number for fixed, '
+                                                            '[low, high] for uniform, a list for choice')
+        noise_seed: int = option(0, 'Validation/test seed, the same for every image', minimum=0)
+        phase: str = option('test', 'train, val or test: set by BasicSR from the datasets key')
+
+        def __post_init__(self):
+            if self.io_backend is None:
+                object.__setattr__(self, 'io_backend', IOBackendOptions())  # frozen: set once, here
+
+        def rules(self):
+            try:
+                check_sigma(self.sigma_type, self.sigma)
+            except ValueError as error:
+                key, _, text = str(error).partition(': ')
+                yield key, text
+            if self.phase != 'train' and self.sigma_type != 'fixed':
+                yield 'sigma_type', (f'found {self.sigma_type!r}; expected fixed: validation and test need sigma_type '
+                                     'fixed (one sigma per dataset, as in published tables)')
+            if self.phase == 'train' and self.gt_size is None:
+                yield 'gt_size', 'missing; expected an integer: training crops gt_size x gt_size patches'
 
     def __init__(self, opt):
         super().__init__()
         self.opt = opt
-        self.phase = opt.get('phase', 'test')
-        self.in_ch = int(opt.get('in_ch', 3))
-        if self.in_ch not in (1, 3):
-            raise ValueError(f"datasets: {opt.get('name')}: in_ch must be 1 or 3, got {self.in_ch}.")
-        self.sigma_type = opt.get('sigma_type', 'fixed')
+        options = self.Options.parse(opt, f"datasets: {opt.get('name')}", ignore=_LOADER_KEYS)
+        self.options = options
+        self.phase, self.in_ch, self.sigma_type = options.phase, options.in_ch, options.sigma_type
+        self.sigma = check_sigma(options.sigma_type, options.sigma)
         try:
-            self.sigma = check_sigma(self.sigma_type, opt.get('sigma'))
-            self.paths, warnings = collect_images(opt)
+            self.paths, warnings = collect_images(options)
         except ValueError as error:
             raise ValueError(f"datasets: {opt.get('name')}: {error}.") from None
-        self.noise_seed = int(opt.get('noise_seed', 0))
-        self.gt_size = opt.get('gt_size')
+        self.noise_seed = options.noise_seed
+        self.gt_size = options.gt_size
         self.sample_numbers = self.phase == 'train'  # asks ResumableSampler for sample numbers
         self.base_seed = random.getrandbits(63) if self.sample_numbers else None
-        if self.phase == 'train' and not self.gt_size:
-            raise ValueError(f"datasets: {opt.get('name')}: gt_size is required for training.")
-        if self.phase != 'train' and self.sigma_type != 'fixed':
-            raise ValueError(f"datasets: {opt.get('name')}: sigma_type {self.sigma_type!r}: validation and test "
-                             "need sigma_type fixed (one sigma per dataset, as in published tables).")
         # not get_root_logger: it must first be called by BasicSR's pipeline, which gives it the log file
         for warning in warnings:
             logging.getLogger('basicsr').warning(f"datasets: {opt.get('name')}: {warning}.")
         self.undecodable = set()  # training images found corrupt while reading, in this process
 
         self.file_client = None
-        self.io_backend_opt = {'type': 'disk', **(opt.get('io_backend') or {})}
+        self.io_backend_opt = options.io_backend.file_client_options()
         if self.io_backend_opt['type'] == 'lmdb':
             self.io_backend_opt['db_paths'] = [opt['dataroot_gt']]
             self.io_backend_opt['client_keys'] = ['gt']
@@ -310,7 +344,7 @@ class GaussianNoiseDataset(data.Dataset):
             raise ValueError(f'{path}: {h}x{w} is smaller than gt_size {self.gt_size}.')
         top, left = random.randint(0, h - self.gt_size), random.randint(0, w - self.gt_size)
         img = img[top:top + self.gt_size, left:left + self.gt_size]
-        img = augment(img, self.opt.get('use_hflip', False), self.opt.get('use_rot', False))
+        img = augment(img, self.options.use_hflip, self.options.use_rot)
         gt = img2tensor(np.ascontiguousarray(img), bgr2rgb=True, float32=True)
         sigma = self._draw_sigma()
         noise = torch.randn(gt.shape, generator=torch.Generator().manual_seed(random.getrandbits(63)))

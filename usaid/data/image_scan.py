@@ -127,11 +127,12 @@ def _scan_lmdb(root, *_signatures):
     return tuple(infos), len(stored - {key for key, _ in listed})
 
 
-def image_sizes(opt, paths):
-    """``(path, height, width)`` of the dataset images ``paths`` (as :func:`collect_images` returns them for dataset
-    options ``opt``) whose size is known without decoding: from the headers, or an LMDB's meta_info.txt."""
-    if (opt.get('io_backend') or {}).get('type') == 'lmdb':
-        infos = scan_lmdb_images(osp.abspath(opt['dataroot_gt']))[0]
+def image_sizes(options, paths):
+    """``(path, height, width)`` of the dataset images ``paths`` (as :func:`collect_images` returns them for a
+    dataset's parsed ``options``) whose size is known without decoding: from the headers, or an LMDB's
+    meta_info.txt."""
+    if options.io_backend.type == 'lmdb':
+        infos = scan_lmdb_images(osp.abspath(options.dataroot_gt))[0]
     else:
         infos = scan_folder_images(tuple(paths))
     wanted = set(paths)

@@ -1,3 +1,5 @@
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from basicsr.archs import build_network
@@ -5,7 +7,9 @@ from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
 from usaid.archs.usanet_arch import batch_statistics_problem
-from usaid.inference import check_precision, precision_autocast
+from usaid.basicsr_sections import Network
+from usaid.declarations import Declaration, declared, option
+from usaid.inference import Precision, precision_autocast
 
 
 def focal_uncertainty(logits, gamma=2.0, eps=1e-7):
@@ -16,6 +20,7 @@ def focal_uncertainty(logits, gamma=2.0, eps=1e-7):
 
 
 @LOSS_REGISTRY.register()
+@declared
 class USALoss(nn.Module):
     """Unsupervised segmentation-aware (USA) loss of U-SAID.
 
@@ -28,27 +33,32 @@ class USALoss(nn.Module):
     through the frozen network (the paper's method); with ``true`` it never does, which is what the authors'
     released script computes (its USA input is a detached NumPy copy).
 
-    Args:
-        network (dict): Options of the segmentation network, with its ``type``. Default: a ``USANet`` with its
-            defaults (ResNet-101, 21 classes, ImageNet weights).
-        loss_weight (float): Weight of this loss. Default: 1.0.
-        gamma (float): Focusing exponent. Default: 2.
-        detach_input (bool): Stop the gradient at the network's input. Default: False.
-        eps (float): Clamp of the arg-max probability. Default: 1e-7.
-        precision (str): 'fp32', or 'bf16' to run the segmentation network under bfloat16 autocast (faster where
-            the hardware has bf16 instructions; the loss itself is computed in float32). Opt-in: it changes the
-            gradient the denoiser receives (docs/benchmarks.md). Default: 'fp32'.
+    ``precision: bf16`` runs the segmentation network under bfloat16 autocast (faster where the hardware has bf16
+    instructions; the loss itself is computed in float32). Opt-in: it changes the gradient the denoiser receives
+    (docs/benchmarks.md).
     """
 
-    def __init__(self, network=None, loss_weight=1.0, gamma=2.0, detach_input=False, eps=1e-7, precision='fp32'):
+    @dataclass(frozen=True, kw_only=True)
+    class Options(Declaration):
+        network: Network | None = option(None, "The frozen segmentation network: type and options; default: USANet's "
+                                               'defaults (ResNet-101, 21 classes, ImageNet weights)')
+        loss_weight: float = option(1.0, 'Weight of this loss')
+        gamma: float = option(2.0, 'Focusing exponent', minimum=0)
+        detach_input: bool = option(False, "Stop the gradient at the network's input (what the authors' script "
+                                           'computes)')
+        eps: float = option(1e-7, 'Clamp of the arg-max probability', minimum=0, maximum=0.5)
+        precision: Precision = option('fp32', 'fp32, or bf16 autocast of the segmentation network')
+
+    def __init__(self, **options):
         super().__init__()
-        self.net = build_network(network or {'type': 'USANet'})
+        opt = self.Options.parse(options, 'USALoss')
+        self.net = build_network(dict(opt.network or {'type': 'USANet'}))
         self.net.requires_grad_(False)
-        self.loss_weight = loss_weight
-        self.gamma = gamma
-        self.detach_input = detach_input
-        self.eps = eps
-        self.precision = check_precision(precision, 'USALoss: precision')
+        self.loss_weight = opt.loss_weight
+        self.gamma = opt.gamma
+        self.detach_input = opt.detach_input
+        self.eps = opt.eps
+        self.precision = opt.precision
 
     def segment(self, image):
         """Segmentation logits of ``image`` (clamped to [0, 1]) by the frozen network."""

@@ -2,7 +2,9 @@ import csv
 import glob
 import re
 from collections import OrderedDict
+from dataclasses import asdict
 from os import path as osp
+from typing import Literal
 
 import torch
 import torch.distributed as dist
@@ -15,44 +17,59 @@ from basicsr.utils.registry import MODEL_REGISTRY
 from tqdm import tqdm
 
 from usaid.allocator import keep_freed_memory
-from usaid.checkpoint import check_finite, check_fits, load_checkpoint, network_state, save_atomically
+from usaid.basicsr_sections import Loss, ModelSections, PathOptions, TrainOptions, ValOptions, section
+from usaid.checkpoint import canonical_state_dict, check_finite, load_checkpoint, save_atomically, stored_param_key
+from usaid.declarations import REQUIRED, Declaration, option
 from usaid.errors import NonFiniteLossError
-from usaid.inference import InferenceNetwork, check_precision, precision_autocast
+from usaid.inference import InferenceNetwork, Precision, precision_autocast
 from usaid.visual import colour_maps
+
+
+@section('non_finite_loss')
+class NonFiniteLossOptions(Declaration):
+    """What a NaN or infinite loss (or gradient) does: ``stop`` raises :class:`~usaid.errors.NonFiniteLossError`
+    naming the iteration and the loss term, before the step is applied (no checkpoint is written after it); ``skip``
+    drops that step (weights, optimizer, EMA and BatchNorm statistics unchanged) and logs it, at most ``max_skips``
+    times in a run, then stops."""
+    action: Literal['stop', 'skip'] = option('stop', 'stop the run, or skip the step')
+    max_skips: int = option(10, 'With skip: stop after this many dropped steps', minimum=0)
+
+
+@section('train')
+class USAIDTrainOptions(TrainOptions):
+    """``train`` of :class:`USAIDModel`: BasicSR's keys, and the losses and switches of U-SAID."""
+    pixel_opt: Loss = option(REQUIRED, "The fidelity loss, e.g. BatchSSELoss (the authors' sum / 2N) or BasicSR's "
+                                       'MSELoss (mean)')
+    usa_opt: Loss | None = option(None, 'The USA loss (USALoss); without it the model trains with pixel_opt only, '
+                                        'the baseline the paper compares against')
+    channels_last: bool = option(True, 'channels_last weights and batches: faster convolutions, same maths')
+    compile: bool = option(False, 'torch.compile the network (slower to start; measured no faster on CPU)')
+    precision: Precision = option('fp32', 'fp32, or bf16 autocast of the network (losses stay float32); the USA '
+                                          'network has its own usa_opt:precision')
+    non_finite_loss: NonFiniteLossOptions = option(NonFiniteLossOptions(), 'What a NaN or infinite loss or gradient '
+                                                                            'does: action stop or skip, max_skips')
+
+
+@section('val')
+class USAIDValOptions(ValOptions):
+    """``val`` of :class:`USAIDModel`: BasicSR's keys, TensorBoard images and the inference settings."""
+    tb_images: int = option(3, 'TensorBoard gets the input, output, ground truth (and the USA segmentation) of this '
+                               'many first images at each validation', minimum=0)
+    inference: InferenceNetwork.Options = option(InferenceNetwork.Options(), 'How validation and testing run the '
+                                                                              'network (InferenceNetwork)')
+
+
+@section('(top level)')
+class USAIDTopOptions(Declaration):
+    keep_freed_memory: bool = option(True, 'Keep freed memory in the process for reuse (usaid.allocator): measured '
+                                           '20-45 % faster on CPU')
 
 
 @MODEL_REGISTRY.register()
 class USAIDModel(SRModel):
-    """BasicSR's ``SRModel`` trained with a pixel loss plus U-SAID's USA loss, for any ``network_g``.
-
-    Top-level option:
-        keep_freed_memory (bool): Keep freed memory in the process for reuse (:mod:`usaid.allocator`): avoids
-            page-faulting every large activation in again, measured 20-45 % faster on CPU. Default: True.
-
-    Options under ``train`` (besides BasicSR's ``optim_g``, ``scheduler``, ``ema_decay``, ...):
-        pixel_opt (dict): The fidelity loss, e.g. ``BatchSSELoss`` (the authors' ``sum / 2N``) or BasicSR's
-            ``MSELoss`` (mean). Required.
-        usa_opt (dict, optional): The USA loss (``USALoss``). Without it the model trains with ``pixel_opt`` only,
-            the baseline the paper compares against.
-        channels_last (bool): Train with channels_last weights and batches (faster convolutions on CPUs and GPUs,
-            same maths). Default: True.
-        compile (bool): ``torch.compile`` the network (slower to start; measured no faster on CPU). Default: False.
-        precision (str): 'fp32', or 'bf16' to run the network under bfloat16 autocast (losses stay float32;
-            opt-in, for GPUs and CPUs with bf16 instructions). The USA network has its own ``usa_opt: precision``.
-            Default: 'fp32'.
-        non_finite_loss (dict): What a NaN or infinite loss (or gradient) does: ``action: stop`` raises
-            :class:`~usaid.errors.NonFiniteLossError` naming the iteration and the loss term, before the step is
-            applied (no checkpoint is written after it); ``action: skip`` drops that step (weights, optimizer, EMA
-            and BatchNorm statistics unchanged) and logs it, at most ``max_skips`` times in a run, then stops.
-            Default: ``{action: stop, max_skips: 10}``.
-
-    Options under ``val``:
-        tb_images (int): At each validation, TensorBoard gets the noisy input, output and ground truth of this many
-            first images, and the USA network's segmentation and uncertainty of the output (when training with
-            ``usa_opt``), under ``<dataset>/<image>/<kind>``. Default: 3.
-        inference (dict, optional): Keyword arguments of :class:`~usaid.inference.InferenceNetwork`, which
-            validation and testing run the network through (``fold_bn``, ``conv_algo``, ``channels_last``,
-            ``precision``). Default: its defaults, which keep float32 results.
+    """BasicSR's ``SRModel`` trained with a pixel loss plus U-SAID's USA loss, for any ``network_g``. Its sections:
+    :data:`option_sections` (``train``: :class:`USAIDTrainOptions`, ``val``: :class:`USAIDValOptions`, top level:
+    :class:`USAIDTopOptions`).
 
     Logged separately: ``l_pix``, ``l_usa`` and ``l_total``. With ``usa_opt: detach_input: true`` the USA loss has
     no gradient to give, so it is computed only on the iterations whose losses BasicSR prints (``logger:
@@ -68,42 +85,43 @@ class USAIDModel(SRModel):
     side (:class:`~usaid.data.resumable_sampler.ResumableSampler`): no random generator needs saving.
     """
 
+    option_sections = ModelSections(USAIDTrainOptions, USAIDValOptions, PathOptions, USAIDTopOptions)
     _inference_net = None  # set for the duration of a validation
     cri_usa = None  # set by init_training_settings when training with usa_opt
 
     def __init__(self, opt):
-        if opt.get('keep_freed_memory', True):
+        top = USAIDTopOptions.parse({k: v for k, v in opt.items() if k in USAIDTopOptions.__dataclass_fields__},
+                                    'USAIDModel')
+        if top.keep_freed_memory:
             keep_freed_memory()
+        if opt['is_train']:  # read before SRModel's __init__, which moves the network to channels_last
+            self.train_options = USAIDTrainOptions.parse(opt['train'], 'USAIDModel: train')
+        self.val_options = USAIDValOptions.parse(opt.get('val') or {}, 'USAIDModel: val')
         super().__init__(opt)
 
     def model_to_device(self, net):
         """Weights in channels_last before DDP wraps the network: DDP lays out its gradient buckets as it finds them."""
-        if self.is_train and self.opt['train'].get('channels_last', True):
+        if self.is_train and self.train_options.channels_last:
             net = net.to(memory_format=torch.channels_last)
         return super().model_to_device(net)
 
     def feed_data(self, data):
         super().feed_data(data)
-        if self.is_train and self.opt['train'].get('channels_last', True):
+        if self.is_train and self.train_options.channels_last:
             self.lq = self.lq.contiguous(memory_format=torch.channels_last)
             if hasattr(self, 'gt'):
                 self.gt = self.gt.contiguous(memory_format=torch.channels_last)
 
     def init_training_settings(self):
-        train_opt = self.opt['train']
-        if not train_opt.get('pixel_opt'):
-            raise ValueError('USAIDModel: train: pixel_opt is required (e.g. {type: BatchSSELoss, loss_weight: 0.5}).')
-        if train_opt.get('perceptual_opt'):
-            raise ValueError('USAIDModel: train: perceptual_opt is not supported; use pixel_opt and usa_opt.')
-        self.cri_usa = build_loss(train_opt['usa_opt']).to(self.device) if train_opt.get('usa_opt') else None
+        options = self.train_options
+        self.cri_usa = build_loss(options.usa_opt).to(self.device) if options.usa_opt else None
         self.loss_terms = OrderedDict()
-        self.precision = check_precision(train_opt.get('precision', 'fp32'), 'USAIDModel: train: precision')
-        non_finite = train_opt.get('non_finite_loss') or {}
-        self.non_finite_action = non_finite.get('action', 'stop')
-        self.max_non_finite_skips = non_finite.get('max_skips', 10)
+        self.precision = options.precision
+        self.non_finite_action = options.non_finite_loss.action
+        self.max_non_finite_skips = options.non_finite_loss.max_skips
         self.non_finite_skips = 0
         super().init_training_settings()
-        if train_opt.get('compile', False):
+        if options.compile:
             self.net_g.compile()
 
     def optimize_parameters(self, current_iter):
@@ -173,7 +191,7 @@ class USAIDModel(SRModel):
 
     def _build_inference_net(self):
         net = self.net_g_ema if hasattr(self, 'net_g_ema') else self.get_bare_model(self.net_g)
-        return InferenceNetwork(net, **((self.opt.get('val') or {}).get('inference') or {}))
+        return InferenceNetwork(net, **asdict(self.val_options.inference))
 
     def _is_logged(self, current_iter):
         """Whether BasicSR's training loop prints the losses after this iteration."""
@@ -190,13 +208,13 @@ class USAIDModel(SRModel):
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
         """SRModel's validation, keeping each image's metrics (for the CSV) instead of only their running sum."""
         dataset_name = dataloader.dataset.opt['name']
-        metrics_opt = self.opt['val'].get('metrics') or {}
+        metrics_opt = self.val_options.metrics or {}
         if metrics_opt:
             self._initialize_best_metric_results(dataset_name)
         rows = []
         self._inference_net = self._build_inference_net()
         try:
-            for val_data in tqdm(dataloader, unit='image', disable=not self.opt['val'].get('pbar', False)):
+            for val_data in tqdm(dataloader, unit='image', disable=not self.val_options.pbar):
                 img_name = osp.splitext(osp.basename(val_data['lq_path'][0]))[0]
                 self.feed_data(val_data)
                 self.test()
@@ -211,7 +229,7 @@ class USAIDModel(SRModel):
                 rows.append(row)
                 if save_img:
                     imwrite(output, self._visualization_path(dataset_name, img_name, current_iter))
-                if tb_logger is not None and len(rows) <= self.opt['val'].get('tb_images', 3):
+                if tb_logger is not None and len(rows) <= self.val_options.tb_images:
                     self._log_images(tb_logger, f'{dataset_name}/{img_name}', current_iter)
                 del self.lq, self.output
                 self.__dict__.pop('gt', None)
@@ -248,7 +266,7 @@ class USAIDModel(SRModel):
         """Where BasicSR's SRModel saves a validation image."""
         if self.opt['is_train']:
             return osp.join(self.opt['path']['visualization'], img_name, f'{img_name}_{current_iter}.png')
-        suffix = self.opt['val'].get('suffix') or self.opt['name']
+        suffix = self.val_options.suffix or self.opt['name']
         return osp.join(self.opt['path']['visualization'], dataset_name, f'{img_name}_{suffix}.png')
 
     def _write_metrics_csv(self, dataset_name, rows):
@@ -259,11 +277,19 @@ class USAIDModel(SRModel):
             writer.writerows(rows)
 
     def load_network(self, net, load_path, strict=True, param_key='params'):
-        """BasicSR's ``load_network``, after checking the file: a checkpoint of weights (``weights_only``), with
-        ``param_key``, whose keys and shapes fit ``net``; else a :class:`~usaid.errors.CheckpointError` naming them."""
-        state = network_state(load_checkpoint(load_path), load_path, param_key)
-        check_fits(self.get_bare_model(net), state, load_path, strict)
-        super().load_network(net, load_path, strict, param_key)
+        """BasicSR's ``load_network`` (same ``param_key`` rule and log lines), reading the file once: a checkpoint of
+        weights (``weights_only``) whose keys and shapes fit ``net``; else a :class:`~usaid.errors.CheckpointError`
+        naming them. BasicSR's own version loads without these checks and would read the file a second time."""
+        logger = get_root_logger()
+        net = self.get_bare_model(net)
+        checkpoint = load_checkpoint(load_path)
+        key = stored_param_key(checkpoint, load_path, param_key)
+        if key != param_key:
+            logger.info('Loading: params_ema does not exist, use params.')
+        logger.info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: [{key}].')
+        state = canonical_state_dict(load_path, key, net=net, strict=strict, checkpoint=checkpoint)
+        self._print_different_keys_loading(net, state, strict)
+        net.load_state_dict(state, strict=strict)
 
     @master_only
     def save_network(self, net, net_label, current_iter, param_key='params'):

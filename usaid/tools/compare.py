@@ -21,7 +21,6 @@ apart from every dataset (not the same folder, not inside one, not around one).
 import argparse
 import copy
 import csv
-import glob
 import hashlib
 import json
 import os
@@ -36,21 +35,22 @@ matplotlib.use('Agg')  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from basicsr.archs import build_network  # noqa: E402
 from basicsr.data import build_dataloader, build_dataset  # noqa: E402
 from basicsr.models import build_model  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from usaid import yaml_io  # noqa: E402
 from usaid.arguments import check_sigma  # noqa: E402
-from usaid.checkpoint import load_checkpoint  # noqa: E402
-from usaid.data.gaussian_noise_dataset import add_protocol_noise, collect_images  # noqa: E402
+from usaid.checkpoint import canonical_state_dict, load_checkpoint, save_atomically  # noqa: E402
+from usaid.data.data_util import add_protocol_noise  # noqa: E402
+from usaid.data.gaussian_noise_dataset import GaussianNoiseDataset, collect_images  # noqa: E402
+from usaid.denoiser import resolve_model  # noqa: E402
 from usaid.errors import USAIDError  # noqa: E402
 from usaid.inference import add_inference_arguments, inference_options  # noqa: E402
 from usaid.metric_sizes import size_problem  # noqa: E402
 from usaid.options import check_options  # noqa: E402
 from usaid.paths import check_label, relation  # noqa: E402
-from usaid.tools.convert import convert  # noqa: E402
 
 METRICS = {
     'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
@@ -69,44 +69,31 @@ def _sha256(path):
     return digest.hexdigest()
 
 
-def resolve_model(spec):
-    """``(network_g options, checkpoint path, param_key)`` of a checkpoint, an option file or an experiment folder."""
-    if osp.isdir(spec):
-        options = sorted(glob.glob(osp.join(spec, '*.yml')))
-        weights = osp.join(spec, 'models', 'net_g_latest.pth')
-        if not options or not osp.isfile(weights):
-            raise ValueError(f'{spec}: expected an experiment folder with its option file (*.yml) and '
-                             'models/net_g_latest.pth.')
-        with open(options[0]) as f:
-            opt = yaml_io.load(f)
-        return dict(opt['network_g']), weights, 'params_ema' if (opt.get('train') or {}).get('ema_decay') else 'params'
-    if spec.endswith(('.yml', '.yaml')):
-        with open(spec) as f:
-            opt = yaml_io.load(f)
-        path_opt = opt.get('path') or {}
-        weights = path_opt.get('pretrain_network_g')
-        if not weights:
-            raise ValueError(f'{spec}: path:pretrain_network_g is empty; expected the checkpoint to compare.')
-        return dict(opt['network_g']), weights, path_opt.get('param_key_g', 'params')
-    if osp.isfile(spec):
-        return {'type': 'USAID'}, spec, 'params'
-    raise ValueError(f'{spec}: no such file or folder; expected a checkpoint, an option file or an experiment folder.')
-
-
-def _as_basicsr_checkpoint(weights, network_opt, folder):
-    """The authors' released files are bare state dicts: converted once (into ``folder``) so BasicSR can load them."""
-    checkpoint = load_checkpoint(weights)
-    if isinstance(checkpoint, dict) and ('params' in checkpoint or 'params_ema' in checkpoint):
-        return weights
-    converted = osp.join(folder, f'{_sha256(weights)[:16]}.pth')
-    convert(weights, converted, overwrite=True, **{k: v for k, v in network_opt.items() if k != 'type'})
-    return converted
+def canonical_checkpoint(name, weights, network_opt, param_key, folder):
+    """``(path, SHA-256 of the file's bytes)``: ``weights`` read once, in whatever layout
+    (:func:`~usaid.checkpoint.canonical_state_dict`: the authors' released files too), checked against
+    ``network_opt`` and written into ``folder`` as a BasicSR checkpoint (``params``), the file BasicSR's test path
+    loads for every job of this model."""
+    if not osp.isfile(weights):
+        raise ValueError(f'{name}: checkpoint {weights} does not exist.')
+    with open(weights, 'rb') as f:
+        content = f.read()
+    digest = hashlib.sha256(content).hexdigest()
+    try:
+        net = build_network(copy.deepcopy(network_opt))
+    except (KeyError, TypeError) as error:  # BasicSR's registry and the architecture's arguments
+        raise ValueError(f'{name}: network_g {network_opt} cannot be built ({error}).') from None
+    state = canonical_state_dict(weights, param_key, allow_bare=True, net=net,
+                                 checkpoint=load_checkpoint(weights, content))
+    path = osp.join(folder, f'{name}.pth')
+    save_atomically({'params': state}, path)
+    return path, digest
 
 
 def dataset_key(root):
     """What identifies a test set's content: its files' names and the SHA-256 of their bytes (an image replaced by
     another of the same size is another test set)."""
-    paths, _ = collect_images({'dataroot_gt': root, 'phase': 'test'})
+    paths, _ = collect_images(GaussianNoiseDataset.Options(dataroot_gt=root, sigma=0))  # which sigma: no matter
     listing = [(osp.relpath(p, root), _sha256(p)) for p in paths]
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest(), paths
 
@@ -195,12 +182,11 @@ def compare(models, datasets, sigmas, out_dir, use_cache=True, niqe='auto', crop
     os.makedirs(osp.join(out_dir, 'cache'), exist_ok=True)
     work_dir = osp.join(out_dir, 'runs')
     resolved = {}
-    with tempfile.TemporaryDirectory() as converted:
+    with tempfile.TemporaryDirectory() as canonical:
         for name, spec in models.items():
             network_opt, weights, param_key = resolve_model(spec)
-            if not osp.isfile(weights):
-                raise ValueError(f'{name}: checkpoint {weights} does not exist.')
-            resolved[name] = (network_opt, weights, param_key, _sha256(weights))
+            resolved[name] = (network_opt, param_key, *canonical_checkpoint(name, weights, network_opt, param_key,
+                                                                            canonical))
         sets = {}
         for root in datasets:
             key, paths = dataset_key(root)
@@ -215,7 +201,7 @@ def compare(models, datasets, sigmas, out_dir, use_cache=True, niqe='auto', crop
         rows, crops_from, reused = [], {}, 0
         progress = tqdm(jobs, unit='job', desc='usaid-compare')
         for name, root, sigma in progress:
-            network_opt, weights, param_key, weights_hash = resolved[name]
+            network_opt, param_key, weights_file, weights_hash = resolved[name]
             key, paths, metrics = sets[root]
             cache_key = hashlib.sha256(json.dumps(
                 [weights_hash, network_opt, param_key, key, sigma, metrics, PROTOCOL, inference], sort_keys=True,
@@ -231,8 +217,7 @@ def compare(models, datasets, sigmas, out_dir, use_cache=True, niqe='auto', crop
                     values = json.load(f)
                 reused += 1
             else:
-                weights_file = _as_basicsr_checkpoint(weights, network_opt, converted)
-                values = evaluate(name, network_opt, weights_file, param_key, root, dataset_name, sigma, metrics,
+                values = evaluate(name, network_opt, weights_file, 'params', root, dataset_name, sigma, metrics,
                                   work_dir, save_img, inference)
                 with open(cache_file + '.partial', 'w') as f:
                     json.dump(values, f)

@@ -10,28 +10,9 @@ import argparse
 import os
 import sys
 
-import torch
-
 from usaid.archs import USAID
-from usaid.checkpoint import check_fits, load_checkpoint, save_atomically
+from usaid.checkpoint import canonical_state_dict, load_checkpoint, save_atomically, stored_param_key
 from usaid.errors import CheckpointError
-
-
-def to_basicsr(checkpoint, path='checkpoint', **arch_opt):
-    """Return ``(state_dict, already_basicsr)`` for ``USAID(**arch_opt)``, or raise
-    :class:`~usaid.errors.CheckpointError` naming ``path`` and the keys and shapes that do not fit."""
-    already_basicsr = isinstance(checkpoint, dict) and 'params' in checkpoint
-    state = checkpoint['params'] if already_basicsr else checkpoint
-    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-        raise CheckpointError(f'{path}: not a state dict of tensors (nor {{"params": state dict}}).')
-    state = {k[len('module.'):] if k.startswith('module.') else k: v for k, v in state.items()}
-    net = USAID(**arch_opt)
-    expected = net.state_dict()
-    for key, value in expected.items():  # BN counters that pre-0.4.1 PyTorch did not save
-        if key.endswith('num_batches_tracked') and key not in state:
-            state[key] = torch.zeros_like(value)
-    check_fits(net, state, path)
-    return {k: state[k] for k in expected}, already_basicsr
 
 
 def convert(in_path, out_path, overwrite=False, **arch_opt):
@@ -41,8 +22,9 @@ def convert(in_path, out_path, overwrite=False, **arch_opt):
                               'replaces the file it is made from (even with --force).')
     if os.path.exists(out_path) and not overwrite:
         raise FileExistsError(f'{out_path} exists; pass --force to overwrite it.')
-    state, already_basicsr = to_basicsr(load_checkpoint(in_path), in_path, **arch_opt)
-    if already_basicsr:
+    checkpoint = load_checkpoint(in_path)
+    state = canonical_state_dict(in_path, allow_bare=True, net=USAID(**arch_opt), checkpoint=checkpoint)
+    if stored_param_key(checkpoint, in_path, allow_bare=True) is not None:
         return f'{in_path} is already in BasicSR format for USAID; nothing written.'
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     save_atomically({'params': state}, out_path)

@@ -24,112 +24,23 @@ from os import path as osp
 import cv2
 import numpy as np
 import torch
-from basicsr.archs import build_network
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from basicsr.utils import img2tensor, tensor2img
 from tqdm import tqdm
 
-import usaid  # noqa: F401  (registers U-SAID's archs)
 from usaid import yaml_io
 from usaid.allocator import keep_freed_memory
 from usaid.arguments import check_at_least, check_seed, check_sigma, resolve_device
-from usaid.checkpoint import check_fits, load_checkpoint, network_state
-from usaid.data.gaussian_noise_dataset import IMAGE_EXTENSIONS, add_protocol_noise
+from usaid.data.data_util import IMAGE_EXTENSIONS, add_protocol_noise
 from usaid.data.image_scan import scan_file
+from usaid.denoiser import MIN_TILE, check_tiling, denoise, load_denoiser
 from usaid.errors import CheckpointError
-from usaid.image_io import read_upright, single_image_orientation
+from usaid.image_io import check_format, read_image, single_image_orientation, to_image, write_image
 from usaid.inference import InferenceNetwork, add_inference_arguments, inference_options
 from usaid.paths import check_writable, relation
-from usaid.tools.convert import to_basicsr
 
-DEFAULT_NETWORK = {'type': 'USAID'}
-# below this a tile with its context on every side computes each pixel many times over ((16 + 2 * 32)^2 / 16^2 = 25
-# times at the default overlap) for no gain: memory is bounded well before
 MAX_THREADS = 1024
-MIN_TILE = 16
 SIDE_BY_SIDE = '_side_by_side.png'
-
-
-def load_denoiser(weights, network_opt=None, device='cpu'):
-    """A network in eval mode from a BasicSR checkpoint (``params_ema`` preferred, else ``params``) or a released
-    one."""
-    network_opt = dict(network_opt or DEFAULT_NETWORK)
-    checkpoint = load_checkpoint(weights)
-    if network_opt['type'] == 'USAID' and not (isinstance(checkpoint, dict) and 'params_ema' in checkpoint):
-        arch = {k: v for k, v in network_opt.items() if k != 'type'}
-        state = to_basicsr(checkpoint, weights, **arch)[0]  # also accepts the authors' released files
-    else:
-        state = network_state(checkpoint, weights, 'params_ema')
-    net = build_network(network_opt)
-    check_fits(net, state, weights)
-    net.load_state_dict(state, strict=True)
-    return net.eval().to(device)
-
-
-def read_image(path):
-    """Image as float32 RGB (H, W, 3) in [0, 1], its integer dtype, whether it was gray (then 3 equal channels), and
-    its alpha channel (or None). EXIF orientation is applied; a file of several frames is refused."""
-    img = read_upright(path, 'input')
-    if img.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f'{path}: {img.dtype} images are not supported; expected 8-bit or 16-bit.')
-    dtype, alpha, gray = img.dtype, None, img.ndim == 2
-    if gray:
-        img = cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    elif img.shape[2] == 4:
-        img, alpha = img[..., :3], img[..., 3]
-    elif img.shape[2] != 3:
-        raise ValueError(f'{path}: {img.shape[2]} channels; expected gray, RGB or RGBA.')
-    rgb = img[..., ::-1].astype(np.float32) / np.iinfo(dtype).max
-    return rgb, dtype, gray, alpha
-
-
-def to_image(tensor, dtype, gray=False, alpha=None):
-    """A (1, 3, H, W) result as a BGR(A) or gray array of ``dtype``, through BasicSR's ``tensor2img``."""
-    if dtype == np.uint8:
-        img = tensor2img(tensor)
-    else:
-        img = (tensor2img(tensor, out_type=np.float32) * np.iinfo(dtype).max).round().astype(dtype)
-    if gray:
-        return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
-    return img if alpha is None else np.dstack([img, alpha])
-
-
-@torch.inference_mode()
-def denoise(net, image, tile=None, overlap=32, device='cpu'):
-    """Denoise a (1, C, H, W) CPU tensor; the result stays on the CPU. With ``tile``, the image is processed in
-    ``tile`` x ``tile`` pieces, each read with ``overlap`` extra pixels of context on every side, which are dropped
-    again: with ``overlap`` at least the network's receptive radius (20 for the default USAID) the result equals the
-    untiled one up to float rounding. For a network that takes only sizes that are multiples of some number
-    (:attr:`InferenceNetwork.size_multiple`: SwinIR's window, RRDBNet's unshuffle), ``tile`` and ``overlap`` are
-    rounded up to multiples of it, so that every piece starts on the grid the whole image would use."""
-    check_tiling(tile or 0, overlap)
-    _, _, height, width = image.shape
-    if not tile or (height <= tile and width <= tile):
-        return net(image.to(device)).cpu()
-    if isinstance(net, InferenceNetwork):
-        multiple = net.prepare(image[..., :64, :64].to(device))
-        tile, overlap = -(-tile // multiple) * multiple, -(-overlap // multiple) * multiple
-    output = torch.empty_like(image)
-    for top in range(0, height, tile):
-        for left in range(0, width, tile):
-            bottom, right = min(top + tile, height), min(left + tile, width)
-            y0, x0 = max(top - overlap, 0), max(left - overlap, 0)
-            y1, x1 = min(bottom + overlap, height), min(right + overlap, width)
-            piece = net(image[..., y0:y1, x0:x1].to(device)).cpu()
-            output[..., top:bottom, left:right] = piece[..., top - y0:bottom - y0, left - x0:right - x0]
-    return output
-
-
-def check_tiling(tile, overlap):
-    """Refuse a tile size or overlap that would give a wrong or useless result: a negative tile covers nothing (the
-    output would be uninitialised memory), a tiny one recomputes each pixel many times, a negative overlap drops
-    pixels."""
-    if tile < 0 or 0 < tile < MIN_TILE:
-        why = ('a negative size covers no pixel' if tile < 0 else f'a {tile}-pixel tile reads (tile + 2 x overlap)^2 = '
-               f'{(tile + 2 * max(overlap, 0)) ** 2} pixels to make {tile * tile}')
-        raise ValueError(f'--tile {tile}: expected 0 (the whole image at once) or a tile size >= {MIN_TILE} pixels; '
-                         f'{why}.')
-    check_at_least(overlap, 0, '--tile-overlap', ' (the context read around each tile, in pixels)')
 
 
 def list_images(input_path):
@@ -206,47 +117,6 @@ def plan_outputs(input_path, output, side_by_side=False, overwrite=False):
     for path in paths:  # from the headers: an animation is refused before any image is written
         single_image_orientation(path, 'input')
     return jobs
-
-
-def check_format(path, dtype, channels, source):
-    """Refuse to write an image of ``dtype`` and ``channels`` (1 gray, 3 RGB, 4 RGBA) to the format of ``path``'s
-    extension if the format would drop bits or the alpha channel (JPEG holds 8-bit images without alpha): a tiny
-    image of the same kind is encoded and read back."""
-    extension = osp.splitext(path)[1].lower()
-    probe = np.zeros((4, 4, channels) if channels > 1 else (4, 4), dtype)
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # not OpenCV's warning: the message below
-    try:
-        encoded, data = cv2.imencode(extension, probe)
-    except cv2.error:
-        encoded = False
-    finally:
-        cv2.utils.logging.setLogLevel(level)
-    back = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if encoded else None
-    if back is None or back.dtype != dtype or (back.shape[2] if back.ndim == 3 else 1) < channels:
-        kind = {1: 'gray', 3: 'RGB', 4: 'RGBA'}[channels]
-        raise ValueError(f'{path}: {extension} cannot hold a {8 * np.dtype(dtype).itemsize}-bit {kind} image without '
-                         f'loss, and {source} is one; expected an output name ending with .png or .tif.')
-
-
-def write_image(img, path):
-    """Write ``img`` in the format of ``path``'s extension through a temporary file in the same folder, renamed over
-    ``path`` once complete: ``path`` is the whole new image or what it was before, never a part."""
-    folder, name = osp.split(osp.abspath(path))
-    partial = osp.join(folder, f'.{name}.partial')
-    try:
-        os.makedirs(folder, exist_ok=True)
-        encoded, data = cv2.imencode(osp.splitext(name)[1], img)
-        if not encoded:
-            raise OSError(f'OpenCV could not encode it as {osp.splitext(name)[1]}')
-        with open(partial, 'wb') as f:
-            f.write(data.tobytes())
-        os.replace(partial, path)
-    except OSError as error:
-        if osp.exists(partial):
-            os.remove(partial)
-        raise OSError(f'{path}: could not be written ({error.strerror or error}); the images written before it are '
-                      'kept. Check the free disk space and that the folder can be written.') from None
 
 
 def denoise_file(net, path, out_path, tile=None, overlap=32, device='cpu', add_noise=None, seed=0,

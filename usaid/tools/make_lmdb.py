@@ -27,7 +27,7 @@ from basicsr.utils.lmdb_util import LmdbMaker
 from PIL import Image
 from tqdm import tqdm
 
-from usaid.data.gaussian_noise_dataset import IMAGE_EXTENSIONS
+from usaid.data.data_util import IMAGE_EXTENSIONS
 from usaid.errors import USAIDError
 from usaid.image_io import read_upright
 from usaid.paths import check_writable, output_lock, relation

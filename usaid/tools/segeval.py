@@ -38,18 +38,17 @@ from PIL import Image
 from tqdm import tqdm
 
 from usaid.arguments import check_at_least, check_sigma, resolve_device
-from usaid.checkpoint import check_fits, load_checkpoint
-from usaid.data.gaussian_noise_dataset import add_protocol_noise
+from usaid.checkpoint import canonical_state_dict, check_fits
+from usaid.data.data_util import add_protocol_noise
+from usaid.denoiser import load_denoiser, resolve_model
 from usaid.errors import CheckpointError, USAIDError
 from usaid.inference import InferenceNetwork, add_inference_arguments, inference_options
 from usaid.paths import check_writable
 from usaid.segmentation import IGNORE_INDEX, VOC_CLASSES, confusion_matrix, segmentation_scores
-from usaid.tools.compare import resolve_model
-from usaid.tools.denoise import load_denoiser
+from usaid.torchvision_weights import IMAGENET_MEAN, IMAGENET_STD, load_torchvision_weights
 
 TORCHVISION_SEGNETS = ('deeplabv3_resnet50', 'deeplabv3_resnet101', 'fcn_resnet50', 'fcn_resnet101',
                        'lraspp_mobilenet_v3_large')
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class SegevalError(USAIDError, ValueError):
@@ -103,18 +102,6 @@ def read_pair(image_path, label_path):
     return rgb, label
 
 
-def _torchvision_state(name):
-    """The VOC-label weights of a torchvision segmentation model, from its cache (downloaded when possible)."""
-    weights = torchvision.models.get_model_weights(name).DEFAULT
-    path = osp.join(torch.hub.get_dir(), 'checkpoints', osp.basename(weights.url))
-    try:
-        return torch.hub.load_state_dict_from_url(weights.url, map_location='cpu', weights_only=True)
-    except (OSError, RuntimeError) as error:  # offline (URLError is an OSError), or a corrupt download
-        raise SegevalError(f'--segnet {name}: its weights are neither in torchvision\'s cache nor downloadable here '
-                           f'({error}). Download {weights.url} and put it at {path} ($TORCH_HOME/hub/checkpoints), '
-                           'or pass --segnet-weights FILE.') from error
-
-
 def build_segnet(name, weights_file=None):
     """The frozen segmentation network, in eval mode."""
     if ':' in name:
@@ -123,10 +110,14 @@ def build_segnet(name, weights_file=None):
             net = getattr(importlib.import_module(module), attr)()
         except (ImportError, AttributeError) as error:
             raise SegevalError(f'--segnet {name}: cannot be imported ({error}); expected package.module:callable.')
+        if not isinstance(net, torch.nn.Module):
+            raise SegevalError(f'--segnet {name}: returned a {type(net).__name__}; expected an nn.Module.')
         if weights_file:
-            net.load_state_dict(load_checkpoint(weights_file))
+            net.load_state_dict(canonical_state_dict(weights_file, allow_bare=True, net=net))
     elif name in TORCHVISION_SEGNETS:
-        state = load_checkpoint(weights_file) if weights_file else _torchvision_state(name)
+        state = canonical_state_dict(weights_file, allow_bare=True) if weights_file else load_torchvision_weights(
+            torchvision.models.get_model_weights(name).DEFAULT, f'--segnet {name}', 'pass --segnet-weights FILE',
+            SegevalError)
         aux = {'aux_loss': True} if any(k.startswith('aux_classifier') for k in state) else {}
         net = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=len(VOC_CLASSES),
                                            **aux)
@@ -135,8 +126,6 @@ def build_segnet(name, weights_file=None):
     else:
         raise SegevalError(f'--segnet {name}: expected one of {", ".join(TORCHVISION_SEGNETS)} or '
                            'package.module:callable.')
-    if not isinstance(net, torch.nn.Module):
-        raise SegevalError(f'--segnet {name}: returned a {type(net).__name__}; expected an nn.Module.')
     return net.eval().requires_grad_(False)
 
 

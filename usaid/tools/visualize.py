@@ -30,12 +30,13 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from usaid import yaml_io  # noqa: E402
 from usaid.archs.usanet_arch import BACKBONES  # noqa: E402
 from usaid.arguments import check_at_least, check_seed, check_sigma, resolve_device  # noqa: E402
-from usaid.data.gaussian_noise_dataset import add_protocol_noise  # noqa: E402
+from usaid.data.data_util import add_protocol_noise  # noqa: E402
+from usaid.denoiser import denoise, load_denoiser  # noqa: E402
 from usaid.errors import CheckpointError  # noqa: E402
+from usaid.image_io import read_image  # noqa: E402
 from usaid.inference import InferenceNetwork, add_inference_arguments, inference_options  # noqa: E402
 from usaid.losses.usa_loss import USALoss  # noqa: E402
 from usaid.paths import check_writable, relation  # noqa: E402
-from usaid.tools.denoise import denoise, load_denoiser, read_image  # noqa: E402
 from usaid.visual import class_colours  # noqa: E402
 
 PANEL_INCHES = 3.0

@@ -1,0 +1,11 @@
+"""Data helpers shared by the dataset and the tools (as BasicSR keeps its own in ``basicsr/data/data_util.py``): which
+files are images, and the literature's test noise."""
+import numpy as np
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+
+
+def add_protocol_noise(rgb, sigma, seed=0):
+    """The literature's test noise: ``rgb + normal(0, sigma / 255)`` drawn over the whole H x W x C float array by a
+    generator seeded with ``seed`` (the numbers of ``np.random.seed(seed); np.random.normal(...)``), unclipped."""
+    return rgb + np.random.RandomState(seed).normal(0, sigma / 255., rgb.shape)

@@ -1,0 +1,90 @@
+"""Denoisers for the tools: which network and weights a model names, the network loaded from any checkpoint layout,
+and images denoised in tiles of bounded memory."""
+import glob
+from os import path as osp
+
+import torch
+from basicsr.archs import build_network
+
+from usaid import yaml_io
+from usaid.arguments import check_at_least
+from usaid.checkpoint import canonical_state_dict, load_checkpoint
+from usaid.inference import InferenceNetwork
+
+DEFAULT_NETWORK = {'type': 'USAID'}
+# below this a tile with its context on every side computes each pixel many times over ((16 + 2 * 32)^2 / 16^2 = 25
+# times at the default overlap) for no gain: memory is bounded well before
+MIN_TILE = 16
+
+
+def resolve_model(spec):
+    """``(network_g options, checkpoint path, param_key)`` of a checkpoint (U-SAID's architecture; the authors'
+    released files too), an option file (``network_g`` and ``path: pretrain_network_g``) or an experiment folder (its
+    option file and ``models/net_g_latest.pth``)."""
+    if osp.isdir(spec):
+        options = sorted(glob.glob(osp.join(spec, '*.yml')))
+        weights = osp.join(spec, 'models', 'net_g_latest.pth')
+        if not options or not osp.isfile(weights):
+            raise ValueError(f'{spec}: expected an experiment folder with its option file (*.yml) and '
+                             'models/net_g_latest.pth.')
+        with open(options[0]) as f:
+            opt = yaml_io.load(f)
+        return dict(opt['network_g']), weights, 'params_ema' if (opt.get('train') or {}).get('ema_decay') else 'params'
+    if spec.endswith(('.yml', '.yaml')):
+        with open(spec) as f:
+            opt = yaml_io.load(f)
+        path_opt = opt.get('path') or {}
+        weights = path_opt.get('pretrain_network_g')
+        if not weights:
+            raise ValueError(f'{spec}: path:pretrain_network_g is empty; expected the checkpoint of the model.')
+        return dict(opt['network_g']), weights, path_opt.get('param_key_g', 'params')
+    if osp.isfile(spec):
+        return dict(DEFAULT_NETWORK), spec, 'params'
+    raise ValueError(f'{spec}: no such file or folder; expected a checkpoint, an option file or an experiment folder.')
+
+
+def load_denoiser(weights, network_opt=None, device='cpu', param_key='params_ema'):
+    """A network in eval mode from a BasicSR checkpoint (``param_key`` preferred, else ``params``) or a bare state
+    dict such as the authors' released files (:func:`~usaid.checkpoint.canonical_state_dict`)."""
+    checkpoint = load_checkpoint(weights)
+    net = build_network(dict(network_opt or DEFAULT_NETWORK))
+    net.load_state_dict(canonical_state_dict(weights, param_key, allow_bare=True, net=net, checkpoint=checkpoint))
+    return net.eval().to(device)
+
+
+@torch.inference_mode()
+def denoise(net, image, tile=None, overlap=32, device='cpu'):
+    """Denoise a (1, C, H, W) CPU tensor; the result stays on the CPU. With ``tile``, the image is processed in
+    ``tile`` x ``tile`` pieces, each read with ``overlap`` extra pixels of context on every side, which are dropped
+    again: with ``overlap`` at least the network's receptive radius (20 for the default USAID) the result equals the
+    untiled one up to float rounding. For a network that takes only sizes that are multiples of some number
+    (:attr:`InferenceNetwork.size_multiple`: SwinIR's window, RRDBNet's unshuffle), ``tile`` and ``overlap`` are
+    rounded up to multiples of it, so that every piece starts on the grid the whole image would use."""
+    check_tiling(tile or 0, overlap)
+    _, _, height, width = image.shape
+    if not tile or (height <= tile and width <= tile):
+        return net(image.to(device)).cpu()
+    if isinstance(net, InferenceNetwork):
+        multiple = net.prepare(image[..., :64, :64].to(device))
+        tile, overlap = -(-tile // multiple) * multiple, -(-overlap // multiple) * multiple
+    output = torch.empty_like(image)
+    for top in range(0, height, tile):
+        for left in range(0, width, tile):
+            bottom, right = min(top + tile, height), min(left + tile, width)
+            y0, x0 = max(top - overlap, 0), max(left - overlap, 0)
+            y1, x1 = min(bottom + overlap, height), min(right + overlap, width)
+            piece = net(image[..., y0:y1, x0:x1].to(device)).cpu()
+            output[..., top:bottom, left:right] = piece[..., top - y0:bottom - y0, left - x0:right - x0]
+    return output
+
+
+def check_tiling(tile, overlap):
+    """Refuse a tile size or overlap that would give a wrong or useless result: a negative tile covers nothing (the
+    output would be uninitialised memory), a tiny one recomputes each pixel many times, a negative overlap drops
+    pixels."""
+    if tile < 0 or 0 < tile < MIN_TILE:
+        why = ('a negative size covers no pixel' if tile < 0 else f'a {tile}-pixel tile reads (tile + 2 x overlap)^2 = '
+               f'{(tile + 2 * max(overlap, 0)) ** 2} pixels to make {tile * tile}')
+        raise ValueError(f'--tile {tile}: expected 0 (the whole image at once) or a tile size >= {MIN_TILE} pixels; '
+                         f'{why}.')
+    check_at_least(overlap, 0, '--tile-overlap', ' (the context read around each tile, in pixels)')
