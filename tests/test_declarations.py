@@ -181,3 +181,83 @@ def test_the_reference_tool_writes_both_files(tmp_path, monkeypatch):
     option_reference.main([str(tmp_path)])
     assert (tmp_path / 'options.md').read_text(encoding='utf-8').startswith('# Option reference')
     assert json.loads((tmp_path / 'options.schema.json').read_text())['$schema'].endswith('2020-12/schema')
+
+
+# ---- found by the adversarial pass: each a mechanism, not a case -------------------------------------------------
+
+def test_float_arguments_whose_signature_default_is_written_as_an_integer_take_numbers(image_folder):
+    """torch writes ``weight_decay=0`` and ``momentum=0``: a signature's integer default stands for a number."""
+    opt = tiny_options(image_folder)
+    opt['train']['optim_g'] = {'type': 'AdamW', 'lr': 1e-3, 'weight_decay': 1e-4}
+    assert problems(opt) == []
+    opt['train']['optim_g'] = {'type': 'SGD', 'lr': 1e-3, 'momentum': 0.9, 'dampening': 0.1}
+    assert problems(opt) == []
+
+
+def test_numbers_of_any_numeric_type_are_numbers():
+    import numpy as np
+
+    from usaid.archs import USAID
+    assert USAID(num_feat=np.int64(8), num_layers=np.int32(3)).dncnn[0].out_channels == 8
+    with pytest.raises(ValueError, match='num_feat: found .*8.5.* \\(a number\\); expected an integer'):
+        USAID(num_feat=np.float64(8.5))
+
+
+@pytest.mark.parametrize('where, key, value, expected', [
+    (('train',), 'ema_decay', float('nan'), 'train:ema_decay: found nan; expected a finite number'),
+    (('train', 'optim_g'), 'lr', float('inf'), 'train:optim_g:lr: found inf; expected a finite number'),
+    (('train', 'pixel_opt'), 'loss_weight', float('nan'), 'train:pixel_opt:loss_weight: found nan; expected a '
+                                                          'finite number'),
+    (('train',), 'total_iter', 10**30, 'train:total_iter: found 1000000000000000000000000000000; expected a number '
+                                      '>= 1 and <= 2147483647'),
+    ((), 'manual_seed', 2**40, 'manual_seed: found 1099511627776; expected a number >= 0 and <= 4294967295'),
+    (('dist_params',), 'port', '29500', "dist_params:port: found the string '29500'; expected a number"),
+    (('val', 'metrics', 'psnr'), 'crop_border', 'zero', "val:metrics:psnr:crop_border: found 'zero' (a string); "
+                                                        'expected an integer'),
+    (('val', 'metrics', 'psnr'), 'test_y_chanel', True, 'val:metrics:psnr:test_y_chanel: is not an argument of '
+                                                        'calculate_psnr'),
+    ((), 'name', '', "name: found ''; expected one folder name"),
+])
+def test_values_that_would_fail_late_or_pass_silently_are_refused(image_folder, where, key, value, expected):
+    opt = tiny_options(image_folder)
+    opt['dist_params'] = {'backend': 'gloo', 'port': 29500}
+    target = opt
+    for step in where:
+        target = target[step]
+    target[key] = value
+    found = problems(opt)
+    assert len(found) == 1 and found[0].startswith(expected), found
+
+
+@pytest.mark.parametrize('where, key', [(('train', 'optim_g'), 'lr'), (('logger',), 'use_tb_logger')])
+def test_keys_basicsr_indexes_without_a_default_are_required(image_folder, where, key):
+    opt = tiny_options(image_folder)
+    target = opt
+    for step in where:
+        target = target[step]
+    del target[key]
+    [problem] = problems(opt)
+    assert problem.startswith(f"{':'.join(where)}:{key}: missing; expected"), problem
+
+
+def test_the_schema_refuses_what_the_check_refuses_in_registered_entries():
+    jsonschema = pytest.importorskip('jsonschema')
+    validator = jsonschema.Draft202012Validator(option_reference.json_schema())
+    base = yaml.safe_load((REPO / 'options' / 'train_usaid_sigma25.yml').read_text())
+    for change in (lambda o: o.update(model_type='USAIDModl'), lambda o: o['train']['optim_g'].update(lrr=1),
+                   lambda o: o['train']['scheduler'].update(milestone=[1]),
+                   lambda o: o['val']['metrics']['psnr'].update(better='up')):
+        opt = yaml.safe_load(yaml.safe_dump(base))
+        change(opt)
+        assert list(validator.iter_errors(opt)), opt
+
+
+def test_the_loader_rules_apply_to_a_dataset_with_a_declaration_of_its_own(image_folder):
+    """BasicSR's loader keys are a second declaration checked with the dataset's: its rules run too."""
+    opt = tiny_options(image_folder)
+    del opt['datasets']['train']['batch_size_per_gpu']
+    assert problems(opt) == ['datasets:train:batch_size_per_gpu: missing; expected an integer: the training loader '
+                             'requires it']
+    del opt['datasets']['val']['name']
+    opt['datasets']['val']['batch_size_per_gpu'] = 2  # read by no validation loader, but a loader key: allowed
+    assert 'datasets:val:name: missing; expected a string' in problems(opt)

@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from tests.conftest import assert_one_message, cli, smooth_image, tiny_options, write_options
+from usaid import yaml_io
 from usaid.errors import OptionError
 from usaid.options import check_options, load_option_file
 
@@ -311,3 +312,14 @@ def test_noise_levels_outside_0_255_are_refused(sigma):
         check_sigma('fixed', sigma)
     with pytest.raises(ValueError, match='from 0 to 255'):
         check_argument(sigma)
+
+
+@pytest.mark.parametrize('text, read_as', [('total_iter: 1:30', 'base 60 number 90'),
+                                           ('total_iter: 010', 'octal number 8')])
+def test_integers_yaml_1_1_reads_in_another_base_are_refused(text, read_as):
+    with pytest.raises(OptionError) as error:
+        yaml_io.load(f'train:\n  {text}\n')
+    assert error.value.problems == [f'train:total_iter: {text.split(": ")[1]} on line 2 is read by YAML 1.1 as the '
+                                    f'{read_as}; expected a decimal number without leading zeros (or quote it for a '
+                                    'string)']
+    assert yaml_io.load('a: 0\nb: 10\nc: 0x1F\nd: "010"\n') == {'a': 0, 'b': 10, 'c': 31, 'd': '010'}

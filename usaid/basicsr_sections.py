@@ -18,6 +18,7 @@ OPTIMIZERS = {name: cls for name, cls in vars(torch.optim).items()
               if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer) and cls is not torch.optim.Optimizer}
 
 Iterations = Annotated[tuple[int, ...], 'a list of iterations']
+MAX_ITERATIONS = 2**31 - 1  # BasicSR's logger formats iteration counts as C integers
 
 
 def section(owner, is_open=False, kind='option'):
@@ -55,8 +56,16 @@ SCHEDULERS = {'MultiStepLR': MultiStepRestartLROptions, 'MultiStepRestartLR': Mu
               'CosineAnnealingRestartLR': CosineAnnealingRestartLROptions}
 Network = Annotated[dict, Registered(ARCH_REGISTRY, 'architecture')]
 Loss = Annotated[dict, Registered(LOSS_REGISTRY, 'loss')]
+
+
+@section('the optimizer', kind='argument')
+class OptimizerExtra(Declaration):
+    """What BasicSR's ``get_optimizer(optim_type, params, lr, **kwargs)`` requires of every optimizer."""
+    lr: float = option(REQUIRED, 'Learning rate', minimum=0)
+
+
 Optimizer = Annotated[dict, Registered(OPTIMIZERS, 'optimizer', expected='an optimizer of torch.optim',
-                                       passed=('params',))]
+                                       passed=('params',), extra=OptimizerExtra)]
 Scheduler = Annotated[dict, Registered(SCHEDULERS, 'scheduler',
                                        expected=f"one of BasicSR's schedulers: {', '.join(SCHEDULERS)}")]
 
@@ -66,7 +75,38 @@ class MetricExtra(Declaration):
     better: Literal['higher', 'lower'] = option('higher', 'Which way the metric improves: BasicSR keeps the best value')
 
 
-Metric = Annotated[dict, Registered(METRIC_REGISTRY, 'metric', passed=('img', 'img2'), extra=MetricExtra)]
+InputOrder = Literal['HWC', 'CHW']
+
+
+@section('calculate_psnr', kind='argument')
+class ImageMetricOptions(Declaration):
+    """BasicSR's ``calculate_psnr`` and ``calculate_ssim`` (8-bit images), which take ``**kwargs``: without this
+    declaration a misspelt ``test_y_channel`` would pass and change the reported figures."""
+    crop_border: int = option(REQUIRED, 'Pixels cropped from each border before scoring', minimum=0)
+    input_order: InputOrder = option('HWC', 'Layout of the images')
+    test_y_channel: bool = option(False, 'Score the Y channel of YCbCr instead of RGB')
+
+
+@section('calculate_psnr_pt', kind='argument')
+class TensorMetricOptions(Declaration):
+    """BasicSR's ``calculate_psnr_pt`` and ``calculate_ssim_pt`` (tensors)."""
+    crop_border: int = option(REQUIRED, 'Pixels cropped from each border before scoring', minimum=0)
+    test_y_channel: bool = option(False, 'Score the Y channel of YCbCr instead of RGB')
+
+
+@section('calculate_niqe', kind='argument')
+class NIQEOptions(Declaration):
+    """BasicSR's ``calculate_niqe`` (no reference image)."""
+    crop_border: int = option(REQUIRED, 'Pixels cropped from each border before scoring', minimum=0)
+    input_order: InputOrder = option('HWC', 'Layout of the image')
+    convert_to: Literal['y', 'gray'] = option('y', 'The channel NIQE scores')
+
+
+BASICSR_METRICS = {'calculate_psnr': ImageMetricOptions, 'calculate_ssim': ImageMetricOptions,
+                   'calculate_psnr_pt': TensorMetricOptions, 'calculate_ssim_pt': TensorMetricOptions,
+                   'calculate_niqe': NIQEOptions}
+Metric = Annotated[dict, Registered(METRIC_REGISTRY, 'metric', passed=('img', 'img2'), extra=MetricExtra,
+                                    declarations=BASICSR_METRICS)]
 
 
 @section('path')
@@ -94,7 +134,7 @@ class OpenPathOptions(PathOptions):
 @section('train')
 class TrainOptions(Declaration):
     """``train`` as BasicSR's BaseModel and training loop read it, for every model."""
-    total_iter: int = option(REQUIRED, 'Iterations to train', minimum=1)
+    total_iter: int = option(REQUIRED, 'Iterations to train', minimum=1, maximum=MAX_ITERATIONS)
     warmup_iter: int = option(-1, 'Iterations of linear learning-rate warm-up; -1 for none', minimum=-1)
     ema_decay: float = option(0, 'Decay of the exponential moving average of network_g; 0 for none', minimum=0,
                               maximum=1)
@@ -141,7 +181,7 @@ class LoggerOptions(Declaration):
     print_freq: int = option(REQUIRED, 'Print the losses every this many iterations', minimum=1)
     save_checkpoint_freq: int = option(REQUIRED, 'Save a checkpoint and training state every this many iterations',
                                        minimum=1)
-    use_tb_logger: bool = option(False, 'Write TensorBoard logs to tb_logger/<name>')
+    use_tb_logger: bool = option(REQUIRED, 'Write TensorBoard logs to tb_logger/<name> (BasicSR\'s logger reads it)')
     wandb: WandbOptions | None = option(None, 'Weights & Biases logging (needs use_tb_logger)')
 
 
@@ -184,7 +224,7 @@ class OptionFile(Declaration):
     scale: int = option(1, 'Upscaling factor; 1 for restoration', minimum=1)
     num_gpu: Literal['auto'] | int = option(REQUIRED, 'GPUs: auto (all there are) or a number; 0 for the CPU',
                                             minimum=0)
-    manual_seed: int | None = option(None, 'Random seed; none draws one', minimum=0)
+    manual_seed: int | None = option(None, 'Random seed; none draws one', minimum=0, maximum=2**32 - 1)
     find_unused_parameters: bool = option(False, 'DistributedDataParallel\'s find_unused_parameters')
     datasets: dict = option(REQUIRED, 'Datasets by phase: train, val, val_<any>, test_<any>')
     network_g: Network = option(REQUIRED, 'The network: type (BasicSR\'s architecture registry) and its arguments')

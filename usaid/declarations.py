@@ -17,6 +17,8 @@ sections live in :mod:`usaid.option_rules`.
 import dataclasses
 import difflib
 import inspect
+import math
+import numbers
 import os
 import re
 import types
@@ -41,16 +43,20 @@ def option(default=REQUIRED, doc='', *, minimum=None, maximum=None):
 class Registered:
     """A mapping whose ``type`` names an entry of ``table`` (a BasicSR registry or a plain dict of classes), checked
     against that entry's declaration. ``passed`` arguments come from the caller, not from the options; ``extra`` is a
-    declaration of keys that the caller reads besides the entry's own (BasicSR's ``better`` of a metric)."""
+    declaration of keys that the caller reads besides the entry's own (BasicSR's ``better`` of a metric);
+    ``declarations`` declare entries that have no declaration of their own (BasicSR's metrics)."""
 
-    def __init__(self, table, what, expected=None, passed=(), extra=None):
+    def __init__(self, table, what, expected=None, passed=(), extra=None, declarations=None):
         self.table, self.what, self.expected, self.passed, self.extra = table, what, expected, passed, extra
+        self.declarations = declarations or {}  # name -> declaration, for entries whose signature says too little
 
     def names(self):
         return [str(name) for name in self.table.keys()]
 
     def lookup(self, name):
         """The class or function ``name`` stands for (BasicSR's ``_basicsr`` suffix rule included), or None."""
+        if name in self.declarations:
+            return self.declarations[name]
         if name in self.table:
             return self.table.get(name) if hasattr(self.table, '_obj_map') else self.table[name]
         if f'{name}_basicsr' in self.table:
@@ -221,9 +227,7 @@ def _type_of_default(default):
     """The type a signature's default stands for: a number for a number, a list for a list, anything for None."""
     if isinstance(default, bool):
         return bool
-    if isinstance(default, int):
-        return int
-    if isinstance(default, float):
+    if isinstance(default, (int, float)):  # torch and BasicSR write 0 for float arguments (weight_decay=0)
         return float
     if isinstance(default, str):
         return str
@@ -235,16 +239,19 @@ def _type_of_default(default):
 
 
 def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A real number (NumPy's too), finite: no option of a restoration run means NaN or infinity."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def type_name(value):
-    return {bool: 'a boolean', int: 'an integer', float: 'a number', str: 'a string', list: 'a list',
-            tuple: 'a list', dict: 'a mapping'}.get(type(value), type(value).__name__)
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return 'an integer' if isinstance(value, numbers.Integral) else 'a number'
+    return {bool: 'a boolean', str: 'a string', list: 'a list', tuple: 'a list', dict: 'a mapping',
+            type(None): 'null'}.get(type(value), type(value).__name__)
 
 
 def found(value):
@@ -311,17 +318,17 @@ class Check:
     def problem(self, key, text):
         self.problems.append(f'{key}: {text}' if key else text)
 
-    def declaration(self, target, values, path, passed=(), extra=None, is_open=None):
+    def declaration(self, target, values, path, passed=(), extra=None, is_open=None, owner=None):
         """``values`` checked against ``fields_of(target)`` (plus the ``extra`` declaration's keys; other keys
-        allowed if ``is_open``); returns an instance of the declaration with defaults filled in, or the values
-        themselves for a signature."""
+        allowed if ``is_open``; ``owner`` names it in messages); returns an instance of the declaration with
+        defaults filled in, or the values themselves for a signature."""
         fields = fields_of(target, passed)
         if is_open is not None:
             fields = dataclasses.replace(fields, open=is_open)
         specs = dict(fields.specs)
         if extra is not None:
             specs.update(fields_of(extra).specs)
-        name = fields.owner
+        name = owner or fields.owner
         if not isinstance(values, dict):
             self.problem(path, f'{found(values)}; expected a mapping of options')
             return None
@@ -345,7 +352,7 @@ class Check:
             key_path = f'{path}:{key}' if path else key
             spec = specs[key]
             hint = next((f' (is {k!r} a misspelling?)' for k, v in hinted.items() if v == key), '')
-            if fields.kind == 'argument' and fields.declaration is None:
+            if fields.kind == 'argument':
                 self.problem(key_path, f'missing; expected a value: {name} requires it{hint}')
             else:
                 kind_text = 'a mapping' if python_type(spec.type) == 'dict' else describe_type(spec.type)
@@ -354,9 +361,9 @@ class Check:
             return values
         if len(self.problems) > before:
             return None
-        own = {f.name for f in dataclasses.fields(fields.declaration)}
-        parsed = fields.declaration(**{k: v for k, v in converted.items() if k in own})
-        for key, text in parsed.rules():
+        parsed, *extras = [declaration(**{k: v for k, v in converted.items() if k in declaration.__dataclass_fields__})
+                           for declaration in (fields.declaration, extra) if is_declaration(declaration)]
+        for key, text in [rule for instance in (parsed, *extras) for rule in instance.rules()]:
             self.problem(f'{path}:{key}' if path else key, text)
         return parsed
 
@@ -381,6 +388,9 @@ class Check:
                     self.problem(path, (f'{value} does not exist' if isinstance(value, str) else found(value))
                                  + f'; expected {describe_type(tp)}')
                 return value
+        if isinstance(value, float) and not math.isfinite(value) and any(base in (int, float) for base, _ in members):
+            self.problem(path, f'found {value}; expected a finite number')
+            return value
         matched = [base for base, _ in members if base is not type(None) and self._fits(base, value)]
         if not matched:
             text = 'found nothing (null)' if value is None else found(value)
@@ -427,7 +437,7 @@ class Check:
         target = self.registered_class(value, path, meta)
         if target is not None:
             options = {k: v for k, v in value.items() if k != 'type'}
-            self.declaration(target, options, path, passed=meta.passed, extra=meta.extra)
+            self.declaration(target, options, path, passed=meta.passed, extra=meta.extra, owner=value['type'])
         return target
 
     def registered_class(self, value, path, meta):

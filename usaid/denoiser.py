@@ -39,7 +39,7 @@ def resolve_model(spec):
             raise ValueError(f'{spec}: path:pretrain_network_g is empty; expected the checkpoint of the model.')
         return dict(opt['network_g']), weights, path_opt.get('param_key_g', 'params')
     if osp.isfile(spec):
-        return dict(DEFAULT_NETWORK), spec, 'params'
+        return dict(DEFAULT_NETWORK), spec, 'params_ema'  # BasicSR's rule: the EMA weights if stored, else params
     raise ValueError(f'{spec}: no such file or folder; expected a checkpoint, an option file or an experiment folder.')
 
 

@@ -118,9 +118,10 @@ def _schema_of_type(tp):
             dict: {'type': 'object'}}.get(base, {})
 
 
-def _object_schema(target, extra=None, with_type=None):
-    """The schema of a mapping of ``target``'s options (plus ``extra``'s), with ``type`` fixed to ``with_type``."""
-    fields = fields_of(target)
+def _object_schema(target, extra=None, with_type=None, passed=()):
+    """The schema of a mapping of ``target``'s options (plus ``extra``'s, less the ``passed`` arguments), with
+    ``type`` fixed to ``with_type``."""
+    fields = fields_of(target, passed)
     specs = dict(fields.specs)
     if extra is not None:
         specs.update(fields_of(extra).specs)
@@ -145,36 +146,43 @@ def _object_schema(target, extra=None, with_type=None):
     return {**schema, 'required': required} if required else schema
 
 
-def _registry_schema(meta, declared):
-    """``anyOf`` the schemas of ``declared`` (classes with a declaration), else any mapping naming an entry."""
-    entries = [_object_schema(cls, extra=meta.extra, with_type=cls.__name__) for cls in declared]
-    names = sorted(set(meta.names()) - {cls.__name__ for cls in declared})
-    if names:
-        entries.append({'type': 'object', 'properties': {'type': {'enum': names}}, 'required': ['type']})
+def _registry_schema(meta, signatures=True):
+    """``anyOf`` one schema per entry of ``meta``'s table, ``type`` fixed to its name: from its declaration, or from
+    its signature (``signatures``; BasicSR's datasets take one ``opt`` mapping, which says nothing), else any mapping
+    naming it."""
+    entries, undeclared = [], []
+    for name in sorted(meta.names()):
+        target = meta.lookup(name)
+        if signatures or is_declaration(target) or hasattr(target, 'Options'):
+            entries.append(_object_schema(target, extra=meta.extra, with_type=name, passed=meta.passed))
+        else:
+            undeclared.append(name)
+    if undeclared:
+        entries.append({'type': 'object', 'properties': {'type': {'enum': undeclared}}, 'required': ['type']})
     return {'anyOf': entries}
 
 
 def json_schema():
     """The JSON Schema (draft 2020-12) of an option file of USAIDModel."""
-    from basicsr.utils.registry import DATASET_REGISTRY
+    from basicsr.utils.registry import DATASET_REGISTRY, MODEL_REGISTRY
 
     from usaid.basicsr_sections import LoaderOptions, Loss, Metric, Network, Optimizer, OptionFile, Scheduler
-    components, model = _components()
+    _, model = _components()
     sections = model.option_sections
     top = _object_schema(OptionFile, extra=sections.top)
     top['properties'].update(train=_object_schema(sections.train), val=_object_schema(sections.val),
                              path=_object_schema(sections.path))
-    dataset = components['dataset'][0]
+    top['properties']['model_type']['enum'] = sorted(name for name, _ in MODEL_REGISTRY)
     top['properties']['datasets'] = {
         'type': 'object', 'description': 'Datasets by phase: train, val, val_<any>, test_<any>',
         'additionalProperties': {'$ref': '#/$defs/dataset'}}
     defs = {
-        'architecture': _registry_schema(annotated_parts(Network)[1], components['architecture']),
-        'loss': _registry_schema(annotated_parts(Loss)[1], components['loss']),
-        'metric': _registry_schema(annotated_parts(Metric)[1], ()),
-        'optimizer': _registry_schema(annotated_parts(Optimizer)[1], ()),
-        'scheduler': _registry_schema(annotated_parts(Scheduler)[1], ()),
-        'dataset': _registry_schema(Registered(DATASET_REGISTRY, 'dataset', extra=LoaderOptions), (dataset,)),
+        'architecture': _registry_schema(annotated_parts(Network)[1]),
+        'loss': _registry_schema(annotated_parts(Loss)[1]),
+        'metric': _registry_schema(annotated_parts(Metric)[1]),
+        'optimizer': _registry_schema(annotated_parts(Optimizer)[1]),
+        'scheduler': _registry_schema(annotated_parts(Scheduler)[1]),
+        'dataset': _registry_schema(Registered(DATASET_REGISTRY, 'dataset', extra=LoaderOptions), signatures=False),
     }
     return {'$schema': 'https://json-schema.org/draft/2020-12/schema',
             'title': 'basicsr-usaid option file (USAIDModel)',

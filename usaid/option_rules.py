@@ -69,7 +69,7 @@ def sections_present(opt, is_train, check):
 
 def folder_name(name, key, where, check):
     """``name`` becomes a folder or file name (``where``): one path component, inside its output tree."""
-    if any(c in name for c in '/\\') or name.startswith('.') or any(ord(c) < 32 for c in name):
+    if not name or any(c in name for c in '/\\') or name.startswith('.') or any(ord(c) < 32 for c in name):
         check.problem(key, f"found {name!r}; expected one folder name, without /, \\, .. or control characters and "
                            f"not starting with '.': it names {where}")
     elif len(name.encode()) > MAX_NAME_BYTES:

@@ -20,7 +20,7 @@ from usaid.declarations import NUMBER_LIKE, Check, Registered, closest, found
 from usaid.errors import OptionError, USAIDError
 
 # keys whose values are strings even when they read as numbers
-_STRING_KEYS = ('name', 'suffix', 'filename_tmpl', 'project', 'resume_id', 'entity', 'port', 'type')
+_STRING_KEYS = ('name', 'suffix', 'filename_tmpl', 'project', 'resume_id', 'entity', 'type')
 _MODELS = Registered(MODEL_REGISTRY, 'model')
 _DATASETS = Registered(DATASET_REGISTRY, 'dataset')
 

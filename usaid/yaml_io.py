@@ -84,6 +84,18 @@ class OptionLoader(yaml.SafeLoader):
             self.key_path.pop()
         return items
 
+    def construct_yaml_int(self, node):
+        """An integer, unless YAML 1.1 would read it in base 60 (``1:30`` is 90) or base 8 (``010`` is 8): a number
+        that means something else than it reads is refused, naming the key and line."""
+        digits = str(node.value).replace('_', '').lstrip('+-')
+        if ':' in digits or (len(digits) > 1 and digits[0] == '0' and digits[1].isdigit()):
+            value = super().construct_yaml_int(node)
+            base = 'base 60' if ':' in digits else 'octal'
+            raise self.problem(node, f'{node.value} on line {node.start_mark.line + 1} is read by YAML 1.1 as the '
+                                     f'{base} number {value}; expected a decimal number without leading zeros (or '
+                                     'quote it for a string)')
+        return super().construct_yaml_int(node)
+
     def construct_unsafe(self, node):
         """Any tag outside YAML's safe subset, such as ``!!python/object/apply:``: refused, nothing is built."""
         tag = node.tag.replace('tag:yaml.org,2002:', '!!', 1)
@@ -94,6 +106,7 @@ class OptionLoader(yaml.SafeLoader):
 
 OptionLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, OptionLoader.construct_ordered_mapping)
 OptionLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, OptionLoader.construct_list)
+OptionLoader.add_constructor('tag:yaml.org,2002:int', OptionLoader.construct_yaml_int)
 OptionLoader.add_constructor(None, OptionLoader.construct_unsafe)
 
 

@@ -75,3 +75,11 @@ def test_the_input_is_never_replaced_by_its_conversion(tmp_path):
     with pytest.raises(FileExistsError, match='is the input file'):
         convert(str(released), str(released), overwrite=True)
     assert released.read_bytes() == before
+
+
+def test_network_options_that_no_usaid_takes_are_one_message(tmp_path):
+    from tests.conftest import assert_one_message, cli
+    for flag, value in (('--num-layers', 1), ('--num-in-ch', 0)):
+        result = cli('usaid-convert', CHECKPOINTS / 'USAID.pth', tmp_path / 'x.pth', flag, value, cwd=tmp_path)
+        assert_one_message(result, 'usaid-convert', 'USAID: num_')
+        assert not (tmp_path / 'x.pth').exists()

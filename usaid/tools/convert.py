@@ -35,9 +35,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog='usaid-convert', description=__doc__.splitlines()[0])
     parser.add_argument('input', help='released checkpoint, e.g. USAID.pth')
     parser.add_argument('output', help='BasicSR checkpoint to write, e.g. experiments/pretrained_models/USAID.pth')
-    parser.add_argument('--num-in-ch', type=int, default=3)
-    parser.add_argument('--num-feat', type=int, default=64)
-    parser.add_argument('--num-layers', type=int, default=20)
+    defaults = USAID.Options()
+    parser.add_argument('--num-in-ch', type=int, default=defaults.num_in_ch)
+    parser.add_argument('--num-feat', type=int, default=defaults.num_feat)
+    parser.add_argument('--num-layers', type=int, default=defaults.num_layers)
     parser.add_argument('--no-bn', action='store_true', help='the network has no BatchNorm')
     parser.add_argument('--force', action='store_true', help='overwrite OUTPUT')
     args = parser.parse_args(argv)
@@ -45,7 +46,7 @@ def main(argv=None):
         print(convert(args.input, args.output, overwrite=args.force, num_in_ch=args.num_in_ch,
                       num_out_ch=args.num_in_ch, num_feat=args.num_feat, num_layers=args.num_layers,
                       use_bn=not args.no_bn))
-    except (CheckpointError, FileExistsError) as error:
+    except (CheckpointError, FileExistsError, ValueError) as error:  # ValueError: USAID's options
         sys.exit(f'usaid-convert: {error}')
 
 
