@@ -76,6 +76,17 @@ def tiny_options(root, name='tiny', total_iter=4, usa=True, **train_overrides):
     }
 
 
+def option_problems(opt, is_train=True):
+    """The problems ``usaid.options.check_options`` reports for ``opt`` (an empty list if none)."""
+    from usaid.errors import OptionError
+    from usaid.options import check_options
+    try:
+        check_options(opt, 'opts.yml', is_train)
+    except OptionError as error:
+        return error.problems
+    return []
+
+
 def write_options(opt, path):
     with open(path, 'w') as f:
         yaml.safe_dump(opt, f, sort_keys=False)

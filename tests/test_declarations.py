@@ -10,20 +10,11 @@ import yaml
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, MODEL_REGISTRY
 
 from tests.conftest import REPO, tiny_options
+from tests.conftest import option_problems as problems
 from usaid import option_reference
-from usaid.errors import OptionError
-from usaid.options import check_options
 
 U_SAID_REGISTERED = [cls for registry in (ARCH_REGISTRY, LOSS_REGISTRY, DATASET_REGISTRY)
                      for _, cls in registry if cls.__module__.startswith('usaid.')]
-
-
-def problems(opt, is_train=True):
-    try:
-        check_options(opt, 'opts.yml', is_train)
-    except OptionError as error:
-        return error.problems
-    return []
 
 
 def test_the_registries_hold_u_said_components():

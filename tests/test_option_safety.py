@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from tests.conftest import assert_one_message, cli, smooth_image, tiny_options, write_options
+from tests.conftest import option_problems as problems
 from usaid import yaml_io
 from usaid.errors import OptionError
 from usaid.options import check_options, load_option_file
@@ -197,12 +198,6 @@ def test_force_yml_garbage_is_one_message_naming_each_argument(image_folder, tmp
 
 # ---- names are one folder name; results are kept by dataset name ----------------------------------------------------
 
-def problems(opt, is_train=True):
-    try:
-        check_options(opt, 'o.yml', is_train)
-    except OptionError as error:
-        return error.problems
-    return []
 
 
 @pytest.mark.parametrize('name', ['../data', '/tmp/abs', 'a/b', 'a\\b', '.hidden', '..', '.'])

@@ -30,24 +30,27 @@ def section(owner, is_open=False, kind='option'):
     return make
 
 
+@section('the scheduler', kind='argument')
+class RestartOptions(Declaration):
+    """What BasicSR's two schedulers share: restarts of the schedule, weighted."""
+    restart_weights: tuple[float, ...] = option((1,), 'Learning-rate weight of each restart or cycle')
+    last_epoch: int = option(-1, 'Iteration the schedule resumes after; -1 to start')
+
+
 @section('MultiStepRestartLR', kind='argument')
-class MultiStepRestartLROptions(Declaration):
+class MultiStepRestartLROptions(RestartOptions):
     """BasicSR's ``MultiStepRestartLR`` (``type: MultiStepLR`` too), whose iteration lists its signature leaves
     untyped."""
     milestones: Iterations = option(REQUIRED, 'Iterations after which the learning rate is multiplied by gamma')
     gamma: float = option(0.1, 'Factor at each milestone', minimum=0)
     restarts: Iterations = option((0,), 'Iterations at which the schedule restarts')
-    restart_weights: tuple[float, ...] = option((1,), 'Learning-rate weight of each restart')
-    last_epoch: int = option(-1, 'Iteration the schedule resumes after; -1 to start')
 
 
 @section('CosineAnnealingRestartLR', kind='argument')
-class CosineAnnealingRestartLROptions(Declaration):
+class CosineAnnealingRestartLROptions(RestartOptions):
     """BasicSR's ``CosineAnnealingRestartLR``."""
     periods: Iterations = option(REQUIRED, 'Length of each cosine cycle, in iterations')
-    restart_weights: tuple[float, ...] = option((1,), 'Learning-rate weight of each cycle')
     eta_min: float = option(0, 'Smallest learning rate', minimum=0)
-    last_epoch: int = option(-1, 'Iteration the schedule resumes after; -1 to start')
 
 
 # BasicSR 1.4.2's SRModel.setup_schedulers: the scheduler types it builds (both MultiStep names make a
@@ -78,26 +81,28 @@ class MetricExtra(Declaration):
 InputOrder = Literal['HWC', 'CHW']
 
 
-@section('calculate_psnr', kind='argument')
-class ImageMetricOptions(Declaration):
-    """BasicSR's ``calculate_psnr`` and ``calculate_ssim`` (8-bit images), which take ``**kwargs``: without this
-    declaration a misspelt ``test_y_channel`` would pass and change the reported figures."""
+@section('the metric', kind='argument')
+class CropBorderOptions(Declaration):
+    """What every BasicSR metric takes (they take ``**kwargs`` too: without these declarations a misspelt
+    ``test_y_channel`` would pass and change the reported figures)."""
     crop_border: int = option(REQUIRED, 'Pixels cropped from each border before scoring', minimum=0)
-    input_order: InputOrder = option('HWC', 'Layout of the images')
-    test_y_channel: bool = option(False, 'Score the Y channel of YCbCr instead of RGB')
 
 
 @section('calculate_psnr_pt', kind='argument')
-class TensorMetricOptions(Declaration):
+class TensorMetricOptions(CropBorderOptions):
     """BasicSR's ``calculate_psnr_pt`` and ``calculate_ssim_pt`` (tensors)."""
-    crop_border: int = option(REQUIRED, 'Pixels cropped from each border before scoring', minimum=0)
     test_y_channel: bool = option(False, 'Score the Y channel of YCbCr instead of RGB')
 
 
+@section('calculate_psnr', kind='argument')
+class ImageMetricOptions(TensorMetricOptions):
+    """BasicSR's ``calculate_psnr`` and ``calculate_ssim`` (8-bit images)."""
+    input_order: InputOrder = option('HWC', 'Layout of the images')
+
+
 @section('calculate_niqe', kind='argument')
-class NIQEOptions(Declaration):
+class NIQEOptions(CropBorderOptions):
     """BasicSR's ``calculate_niqe`` (no reference image)."""
-    crop_border: int = option(REQUIRED, 'Pixels cropped from each border before scoring', minimum=0)
     input_order: InputOrder = option('HWC', 'Layout of the image')
     convert_to: Literal['y', 'gray'] = option('y', 'The channel NIQE scores')
 
