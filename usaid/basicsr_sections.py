@@ -13,6 +13,7 @@ import torch
 from basicsr.utils.registry import ARCH_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY
 
 from usaid.declarations import REQUIRED, Declaration, ExistingFile, Registered, option
+from usaid.released import RELEASED
 
 OPTIMIZERS = {name: cls for name, cls in vars(torch.optim).items()
               if isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer) and cls is not torch.optim.Optimizer}
@@ -116,8 +117,9 @@ Metric = Annotated[dict, Registered(METRIC_REGISTRY, 'metric', passed=('img', 'i
 
 @section('path')
 class PathOptions(Declaration):
-    pretrain_network_g: Annotated[str, ExistingFile(what='checkpoint file')] | None = option(
-        None, 'Checkpoint network_g starts from (training) or is tested with')
+    pretrain_network_g: Annotated[str, ExistingFile(*RELEASED, what='checkpoint file')] | None = option(
+        None, 'Checkpoint network_g starts from (training) or is tested with, or a released model\'s name (fetched '
+              'into the torch hub cache)')
     param_key_g: str | None = option('params', 'Key of the checkpoint that holds the weights (params, params_ema)')
     strict_load_g: bool = option(True, 'The checkpoint must fit network_g key for key and shape for shape')
     resume_state: Annotated[str, ExistingFile(what='training state file')] | None = option(

@@ -10,6 +10,8 @@ from usaid import yaml_io
 from usaid.arguments import check_at_least
 from usaid.checkpoint import canonical_state_dict, load_checkpoint
 from usaid.inference import InferenceNetwork
+from usaid.released import NETWORK as RELEASED_NETWORK
+from usaid.released import RELEASED, is_released_name, released_path
 
 DEFAULT_NETWORK = {'type': 'USAID'}
 # below this a tile with its context on every side computes each pixel many times over ((16 + 2 * 32)^2 / 16^2 = 25
@@ -18,9 +20,12 @@ MIN_TILE = 16
 
 
 def resolve_model(spec):
-    """``(network_g options, checkpoint path, param_key)`` of a checkpoint (U-SAID's architecture; the authors'
-    released files too), an option file (``network_g`` and ``path: pretrain_network_g``) or an experiment folder (its
-    option file and ``models/net_g_latest.pth``)."""
+    """``(network_g options, checkpoint path, param_key)`` of a released model's name (:mod:`usaid.released`:
+    fetched into the hub cache), a checkpoint (U-SAID's architecture; the authors' released files too), an option
+    file (``network_g`` and ``path: pretrain_network_g``) or an experiment folder (its option file and
+    ``models/net_g_latest.pth``)."""
+    if is_released_name(spec):
+        return dict(RELEASED_NETWORK), released_path(spec), None
     if osp.isdir(spec):
         options = sorted(glob.glob(osp.join(spec, '*.yml')))
         weights = osp.join(spec, 'models', 'net_g_latest.pth')
@@ -37,15 +42,21 @@ def resolve_model(spec):
         weights = path_opt.get('pretrain_network_g')
         if not weights:
             raise ValueError(f'{spec}: path:pretrain_network_g is empty; expected the checkpoint of the model.')
+        if is_released_name(weights):
+            return dict(opt['network_g']), released_path(weights), None
         return dict(opt['network_g']), weights, path_opt.get('param_key_g', 'params')
     if osp.isfile(spec):
         return dict(DEFAULT_NETWORK), spec, 'params_ema'  # BasicSR's rule: the EMA weights if stored, else params
-    raise ValueError(f'{spec}: no such file or folder; expected a checkpoint, an option file or an experiment folder.')
+    raise ValueError(f'{spec}: no such file or folder; expected a checkpoint, an option file, an experiment folder or '
+                     f'a released model ({", ".join(RELEASED)}).')
 
 
 def load_denoiser(weights, network_opt=None, device='cpu', param_key='params_ema'):
     """A network in eval mode from a BasicSR checkpoint (``param_key`` preferred, else ``params``) or a bare state
-    dict such as the authors' released files (:func:`~usaid.checkpoint.canonical_state_dict`)."""
+    dict such as the authors' released files (:func:`~usaid.checkpoint.canonical_state_dict`), or a released model's
+    name."""
+    if is_released_name(weights):
+        weights = released_path(weights)
     checkpoint = load_checkpoint(weights)
     net = build_network(dict(network_opt or DEFAULT_NETWORK))
     net.load_state_dict(canonical_state_dict(weights, param_key, allow_bare=True, net=net, checkpoint=checkpoint))

@@ -23,6 +23,7 @@ from usaid.declarations import found
 from usaid.errors import CheckpointError
 from usaid.metric_sizes import size_problem
 from usaid.network_probe import MAX_DATA_RANGE_OFFSET, probe_network
+from usaid.released import is_released_name, released_path
 
 MAX_NAME_BYTES = 200  # a folder or file name; file systems take 255 bytes, BasicSR adds suffixes
 
@@ -206,11 +207,12 @@ def checkpoint_fits(opt, facts, check):
     path = facts.path
     if path is None or path.pretrain_network_g is None:
         return
-    weights = osp.expanduser(path.pretrain_network_g)
+    released = is_released_name(path.pretrain_network_g)
     try:
+        weights = released_path(path.pretrain_network_g) if released else osp.expanduser(path.pretrain_network_g)
         with torch.random.fork_rng(devices=[]):
             net = facts.arch(**{k: v for k, v in facts.network_opt.items() if k != 'type'})
-        canonical_state_dict(weights, path.param_key_g, net=net, strict=path.strict_load_g)
+        canonical_state_dict(weights, path.param_key_g, allow_bare=released, net=net, strict=path.strict_load_g)
     except CheckpointError as error:
         check.problem('path:pretrain_network_g', f'{error} (expected a checkpoint of network_g)')
 

@@ -21,6 +21,7 @@ from usaid.basicsr_sections import Loss, ModelSections, PathOptions, TrainOption
 from usaid.checkpoint import canonical_state_dict, check_finite, load_checkpoint, save_atomically, stored_param_key
 from usaid.declarations import REQUIRED, Declaration, option
 from usaid.errors import NonFiniteLossError
+from usaid.released import is_released_name, released_path
 from usaid.inference import InferenceNetwork, Precision, precision_autocast
 from usaid.visual import colour_maps
 
@@ -282,9 +283,12 @@ class USAIDModel(SRModel):
         naming them. BasicSR's own version loads without these checks and would read the file a second time."""
         logger = get_root_logger()
         net = self.get_bare_model(net)
+        released = is_released_name(load_path)
+        if released:  # a name (path: pretrain_network_g: usaid): the authors' file, fetched into the hub cache
+            load_path = released_path(load_path)
         checkpoint = load_checkpoint(load_path)
-        key = stored_param_key(checkpoint, load_path, param_key)
-        if key != param_key:
+        key = stored_param_key(checkpoint, load_path, param_key, allow_bare=released)
+        if param_key == 'params_ema' and key == 'params':
             logger.info('Loading: params_ema does not exist, use params.')
         logger.info(f'Loading {net.__class__.__name__} model from {load_path}, with param key: [{key}].')
         state = canonical_state_dict(load_path, key, net=net, strict=strict, checkpoint=checkpoint)

@@ -300,7 +300,8 @@ def plot_crops(clean_path, sigma, outputs, out_path):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='usaid-compare', description=__doc__.splitlines()[0])
     parser.add_argument('-m', '--model', action='append', required=True, metavar='NAME=MODEL',
-                        help='a name and a checkpoint, option file or experiment folder (repeat for each model)')
+                        help='a name and a released model (usaid, ssaid, cdncnn-b), checkpoint, option file or '
+                        'experiment folder (repeat for each model)')
     parser.add_argument('-d', '--dataset', action='append', required=True, help='a folder of clean test images')
     parser.add_argument('-s', '--sigma', type=float, nargs='+', default=[25], help='noise levels (0-255 scale)')
     parser.add_argument('-o', '--output', default='results/compare', help='folder for the table, CSV and figures')

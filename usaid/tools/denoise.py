@@ -150,7 +150,9 @@ def main(argv=None):
                         'multi-page files are refused)')
     parser.add_argument('output', help='an image file for one image (.png, .jpg, .tif, ...: the extension picks the '
                         'format) or a folder (one PNG per input)')
-    parser.add_argument('-w', '--weights', required=True, help='BasicSR checkpoint, or a released one (USAID.pth)')
+    parser.add_argument('-w', '--weights', default='usaid', help='a released model by name (usaid, ssaid, cdncnn-b: '
+                        'fetched once into the torch hub cache), a BasicSR checkpoint or a released file (USAID.pth); '
+                        'default: usaid')
     parser.add_argument('-opt', help="option file whose network_g builds the network (default: USAID's defaults)")
     parser.add_argument('--tile', type=int, default=512,
                         help=f'tile size in pixels, at least {MIN_TILE}; 0 for the whole image at once')

@@ -243,7 +243,8 @@ def main(argv=None):
     parser.add_argument('--labels', help='a folder of label PNGs named like the images')
     parser.add_argument('--split', default='val', help='the VOC list to read (default: val)')
     parser.add_argument('-w', '--model', action='append', default=[], metavar='NAME=MODEL',
-                        help='a denoiser: a checkpoint, an option file or an experiment folder (repeatable)')
+                        help='a denoiser: a released model (usaid, ssaid, cdncnn-b), a checkpoint, an option file '
+                        'or an experiment folder (repeatable)')
     parser.add_argument('-s', '--sigma', type=float, nargs='+', default=[15, 25, 50], help='noise levels (0-255)')
     parser.add_argument('--segnet', default='deeplabv3_resnet101',
                         help=f'{", ".join(TORCHVISION_SEGNETS)}, or package.module:callable')

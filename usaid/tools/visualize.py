@@ -140,7 +140,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog='usaid-visualize', description=__doc__.splitlines()[0])
     parser.add_argument('image', help='the clean image (with --add-noise) or a noisy one')
     parser.add_argument('-w', '--weights', nargs='+', required=True,
-                        help='checkpoints: BasicSR ones or the released files (DnCNN.pth, USAID.pth, SSAID.pth)')
+                        help='released models by name (usaid, ssaid, cdncnn-b), BasicSR checkpoints or released files')
     parser.add_argument('--names', nargs='+', help='a name per checkpoint (default: the file names)')
     parser.add_argument('-o', '--output', default='usaid_visualize.png', help='the PNG figure to write')
     parser.add_argument('--add-noise', type=float, metavar='SIGMA',

@@ -1,0 +1,83 @@
+"""The authors' released denoisers by name: ``usaid``, ``ssaid``, ``cdncnn-b``.
+
+Each is fetched from the authors' repository (https://github.com/VITA-Group/USAID, ``Saved_Models/``) the first time
+it is asked for, into torch's hub cache (``$TORCH_HOME/hub/checkpoints``, as ``torch.hub`` keeps downloads), and its
+SHA-256 is checked every time it is used: a wrong or truncated file is removed and refused. The repository has no
+licence file, so the bytes are never shipped with this package. The files are bare state dicts of a 20-layer colour
+DnCNN, which :func:`usaid.checkpoint.canonical_state_dict` reads as they are (``allow_bare``).
+"""
+import hashlib
+import os
+from dataclasses import dataclass
+
+import torch
+
+from usaid.errors import CheckpointError
+
+SOURCE = 'https://github.com/VITA-Group/USAID/raw/master/Saved_Models/'
+
+
+@dataclass(frozen=True)
+class ReleasedModel:
+    """One released file: its name in the authors' repository and its SHA-256."""
+    filename: str
+    sha256: str
+
+    @property
+    def url(self):
+        return SOURCE + self.filename
+
+    @property
+    def cached_path(self):
+        """Where torch's hub cache keeps (and looks for) the file."""
+        return os.path.join(torch.hub.get_dir(), 'checkpoints', self.filename)
+
+
+RELEASED = {
+    'usaid': ReleasedModel('USAID.pth', '1c8a625cd40f6b1f3fd5e406d068b9a65100ba10ebdb1df7f8684237c568a356'),
+    'ssaid': ReleasedModel('SSAID.pth', 'f9e6745d4090618952d1634150ea9cfc44f8d225f1477c2be173f5ebc9fef313'),
+    'cdncnn-b': ReleasedModel('DnCNN.pth', '138823c110f5a09dd243278a9cc1b83066caac06263f5eba6b322bf711812e60'),
+}
+NETWORK = {'type': 'USAID'}  # all three: USAID's defaults (20 layers, 64 features, BatchNorm, colour)
+
+
+def is_released_name(spec):
+    """Whether ``spec`` names a released model; a file of that name is a file (``./usaid`` names a folder)."""
+    return isinstance(spec, str) and spec in RELEASED and not os.path.isfile(spec)
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def released_path(name, progress=True):
+    """The cached file of the released model ``name``, downloaded first if it is not there (with a progress bar).
+
+    A cached or downloaded file whose SHA-256 differs from the published one is removed, and
+    :class:`~usaid.errors.CheckpointError` says so; so does a download that fails (offline), naming the URL and the
+    exact file to place."""
+    model = RELEASED[name]
+    path = model.cached_path
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        partial = f'{path}.partial'
+        try:
+            torch.hub.download_url_to_file(model.url, partial, progress=progress)
+            os.replace(partial, path)
+        except OSError as error:  # URLError, a refused connection, a full disk are OSErrors
+            if os.path.exists(partial):
+                os.remove(partial)
+            raise CheckpointError(f'{name}: could not download {model.url} ({getattr(error, "reason", error)}). '
+                                  f'Download it yourself and place it at {path} (the folder is '
+                                  '$TORCH_HOME/hub/checkpoints).') from None
+    found = _sha256(path)
+    if found != model.sha256:
+        os.remove(path)
+        raise CheckpointError(f'{name}: {path} has SHA-256 {found}, not the published {model.sha256} (a truncated or '
+                              f'different file); it was removed. Run again to download {model.url} anew, or place '
+                              'the right file there.')
+    return path
