@@ -122,3 +122,19 @@ def test_a_tool_given_a_bad_cached_file_prints_one_message(seeded, tmp_path):
     result = cli('usaid-denoise', tmp_path / 'photo.png', tmp_path / 'out.png', '-w', 'ssaid', cwd=tmp_path)
     assert_one_message(result, 'usaid-denoise', 'ssaid: ', 'not the published f9e6745d', 'it was removed')
     assert not (tmp_path / 'out.png').exists() and not (seeded / 'SSAID.pth').exists()
+
+
+def test_a_download_that_stalls_times_out_with_the_message_and_the_timeout_is_restored(hub, monkeypatch):
+    import socket
+
+    from usaid.released import DOWNLOAD_TIMEOUT
+    seen = []
+
+    def stalled(url, destination, progress=True):
+        seen.append(socket.getdefaulttimeout())
+        raise TimeoutError('timed out')
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', stalled)
+    before = socket.getdefaulttimeout()
+    with pytest.raises(CheckpointError, match='could not download .*USAID.pth \\(timed out\\)'):
+        released_path('usaid')
+    assert seen == [DOWNLOAD_TIMEOUT] and socket.getdefaulttimeout() == before

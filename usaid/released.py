@@ -8,6 +8,7 @@ DnCNN, which :func:`usaid.checkpoint.canonical_state_dict` reads as they are (``
 """
 import hashlib
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,7 @@ import torch
 from usaid.errors import CheckpointError
 
 SOURCE = 'https://github.com/VITA-Group/USAID/raw/master/Saved_Models/'
+DOWNLOAD_TIMEOUT = 60  # seconds without an answer: torch's download has none, and a dropped connection would hang
 
 
 @dataclass(frozen=True)
@@ -65,15 +67,19 @@ def released_path(name, progress=True):
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         partial = f'{path}.partial'
+        timeout = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)
         try:
             torch.hub.download_url_to_file(model.url, partial, progress=progress)
             os.replace(partial, path)
-        except OSError as error:  # URLError, a refused connection, a full disk are OSErrors
+        except OSError as error:  # URLError, a timeout, a refused connection, a full disk are OSErrors
             if os.path.exists(partial):
                 os.remove(partial)
             raise CheckpointError(f'{name}: could not download {model.url} ({getattr(error, "reason", error)}). '
                                   f'Download it yourself and place it at {path} (the folder is '
                                   '$TORCH_HOME/hub/checkpoints).') from None
+        finally:
+            socket.setdefaulttimeout(timeout)
     found = _sha256(path)
     if found != model.sha256:
         os.remove(path)
