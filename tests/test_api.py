@@ -69,11 +69,27 @@ def test_the_api_matches_usaid_denoise_on_a_file(net, tmp_path):
     assert np.abs(tool.astype(int) - usaid.denoise(noisy, net)).max() <= 1
 
 
+NAN_PIXEL = np.zeros((8, 8, 3), np.float32)
+NAN_PIXEL[2, 2, 0] = np.nan
+
+
 @pytest.mark.parametrize('image, expected', [(np.zeros((8, 8, 3), np.int32), 'int32 values'),
-                                             (np.zeros((8, 8, 2), np.uint8), 'shape (8, 8, 2)')])
+                                             (np.zeros((8, 8, 2), np.uint8), 'shape (8, 8, 2)'),
+                                             (np.zeros((0, 0, 3), np.uint8), 'shape (0, 0, 3)'),
+                                             (NAN_PIXEL, 'image: 1 values are NaN or infinite')])
 def test_other_arrays_are_refused_naming_what_is_expected(net, image, expected):
     with pytest.raises(ValueError, match=re.escape(expected)):
         usaid.denoise(image, net)
+
+
+@pytest.mark.parametrize('arguments, expected', [({'model': None}, 'model: found NoneType'),
+                                                 ({'model': torch.nn.Identity()}, 'model: found Identity'),
+                                                 ({'tile': 16.0}, 'tile: found 16.0'),
+                                                 ({'overlap': '8'}, "overlap: found '8'"),
+                                                 ({'tile': True}, 'tile: found True')])
+def test_other_arguments_are_refused_naming_what_is_expected(net, arguments, expected):
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        usaid.denoise(np.zeros((8, 8, 3), np.uint8), **{'model': net, **arguments})
 
 
 def test_the_readme_example_runs_as_written(tmp_path, monkeypatch):  # a script of its own, as a user runs it

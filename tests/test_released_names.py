@@ -72,12 +72,13 @@ def test_offline_the_message_names_the_url_and_the_file_to_place(hub, monkeypatc
     assert not hub.exists() or not any(hub.iterdir())  # no partial file left
 
 
-def test_a_file_of_that_name_is_a_file(tmp_path, monkeypatch):
+def test_a_name_is_the_model_even_beside_a_file_of_that_name(tmp_path, monkeypatch):
+    """A stray file called usaid must not replace usaid-denoise's default model: the file is ./usaid."""
     monkeypatch.chdir(tmp_path)
-    assert is_released_name('usaid')
-    (tmp_path / 'ssaid').mkdir()  # a folder is no checkpoint: the name still names the model
+    (tmp_path / 'ssaid').mkdir()
     (tmp_path / 'usaid').write_text('mine')
-    assert not is_released_name('usaid') and is_released_name('ssaid') and not is_released_name('USAID.pth')
+    assert is_released_name('usaid') and is_released_name('ssaid')
+    assert not is_released_name('./usaid') and not is_released_name('USAID.pth') and not is_released_name('usaid ')
 
 
 def test_usaid_denoise_needs_no_weights_argument(seeded, tmp_path):

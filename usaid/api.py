@@ -7,6 +7,8 @@
 The same network loading (:func:`usaid.denoiser.load_denoiser`), fast inference (:class:`~usaid.inference.
 InferenceNetwork`) and tiling (:func:`usaid.denoiser.denoise`) as ``usaid-denoise``.
 """
+import numbers
+
 import numpy as np
 import torch
 from torch import nn
@@ -53,9 +55,21 @@ def denoise(image, model='usaid', tile=512, overlap=32):
     array = np.asarray(image)
     if not (array.dtype in _INTEGER_TYPES or np.issubdtype(array.dtype, np.floating)):
         raise ValueError(f'image: {array.dtype} values; expected uint8, uint16 or float in [0, 1].')
-    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))):
-        raise ValueError(f'image: shape {array.shape}; expected H x W x 3 (RGB), H x W (gray) or H x W x 4 (RGBA).')
-    net = model if isinstance(model, nn.Module) else load_denoiser(model)
+    if not (array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))) or 0 in array.shape[:2]:
+        raise ValueError(f'image: shape {array.shape}; expected H x W x 3 (RGB), H x W (gray) or H x W x 4 (RGBA), '
+                         'at least 1 x 1.')
+    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+        raise ValueError(f'image: {np.size(array) - np.isfinite(array).sum()} values are NaN or infinite; expected '
+                         'finite values (one spreads over the network\'s receptive field, 41 x 41 pixels for U-SAID).')
+    for name, value in (('tile', tile), ('overlap', overlap)):
+        if value is not None and not (isinstance(value, numbers.Integral) and not isinstance(value, bool)):
+            raise ValueError(f'{name}: found {value!r}; expected an integer number of pixels.')
+    if isinstance(model, str):
+        model = load_denoiser(model)
+    if not (isinstance(model, nn.Module) and any(True for _ in model.parameters())):
+        raise ValueError(f'model: found {type(model).__name__}; expected a denoiser from usaid.load_denoiser, or a '
+                         'released model\'s name, a checkpoint, an option file or an experiment folder.')
+    net = model
     scale = np.iinfo(array.dtype).max if array.dtype in _INTEGER_TYPES else 1.0
     rgb = np.repeat(array[..., None], 3, axis=2) if array.ndim == 2 else array[..., :3]
     tensor = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32) / np.float32(scale)).permute(2, 0, 1)

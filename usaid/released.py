@@ -44,8 +44,9 @@ NETWORK = {'type': 'USAID'}  # all three: USAID's defaults (20 layers, 64 featur
 
 
 def is_released_name(spec):
-    """Whether ``spec`` names a released model; a file of that name is a file (``./usaid`` names a folder)."""
-    return isinstance(spec, str) and spec in RELEASED and not os.path.isfile(spec)
+    """Whether ``spec`` names a released model: exactly one of the names. A file or folder of that name in the
+    working folder is ``./usaid``: a stray file must not replace the default model of a tool."""
+    return isinstance(spec, str) and spec in RELEASED
 
 
 def _sha256(path):
