@@ -1,10 +1,11 @@
 """Where the command-line tools may write: outputs apart from their inputs, labels that become file names, folders
-that can be written, and a lock per output that two runs share.
+that can be written, a lock per output that two runs share, and the SHA-256 of a file.
 
 Paths are compared after resolving symbolic links (``os.path.realpath``), so a link to the input folder is the input
 folder. Nothing here writes, except :func:`output_lock`'s lock file.
 """
 import contextlib
+import hashlib
 import fcntl
 import os
 import socket
@@ -120,3 +121,12 @@ def output_lock(path, tool):
         with contextlib.suppress(OSError):
             os.remove(lock_path)
         os.close(fd)
+
+
+def file_sha256(path):
+    """The SHA-256 of the file at ``path`` (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 20), b''):
+            digest.update(block)
+    return digest.hexdigest()

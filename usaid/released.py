@@ -6,7 +6,6 @@ SHA-256 is checked every time it is used: a wrong or truncated file is removed a
 licence file, so the bytes are never shipped with this package. The files are bare state dicts of a 20-layer colour
 DnCNN, which :func:`usaid.checkpoint.canonical_state_dict` reads as they are (``allow_bare``).
 """
-import hashlib
 import os
 import socket
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from usaid.errors import CheckpointError
+from usaid.paths import file_sha256
 
 SOURCE = 'https://github.com/VITA-Group/USAID/raw/master/Saved_Models/'
 DOWNLOAD_TIMEOUT = 60  # seconds without an answer: torch's download has none, and a dropped connection would hang
@@ -49,14 +49,6 @@ def is_released_name(spec):
     return isinstance(spec, str) and spec in RELEASED
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def released_path(name, progress=True):
     """The cached file of the released model ``name``, downloaded first if it is not there (with a progress bar).
 
@@ -81,7 +73,7 @@ def released_path(name, progress=True):
                                   '$TORCH_HOME/hub/checkpoints).') from None
         finally:
             socket.setdefaulttimeout(timeout)
-    found = _sha256(path)
+    found = file_sha256(path)
     if found != model.sha256:
         os.remove(path)
         raise CheckpointError(f'{name}: {path} has SHA-256 {found}, not the published {model.sha256} (a truncated or '

@@ -50,7 +50,7 @@ from usaid.errors import USAIDError  # noqa: E402
 from usaid.inference import add_inference_arguments, inference_options  # noqa: E402
 from usaid.metric_sizes import size_problem  # noqa: E402
 from usaid.options import check_options  # noqa: E402
-from usaid.paths import check_label, relation  # noqa: E402
+from usaid.paths import check_label, file_sha256, relation  # noqa: E402
 
 METRICS = {
     'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
@@ -59,14 +59,6 @@ METRICS = {
 }
 # BasicSR's NIQE fits a covariance over 96 x 96 blocks: one block gives NaN; two in each direction are enough
 PROTOCOL = {'noise_seed': 0, 'metrics': METRICS, 'version': 1}
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def canonical_checkpoint(name, weights, network_opt, param_key, folder):
@@ -94,7 +86,7 @@ def dataset_key(root):
     """What identifies a test set's content: its files' names and the SHA-256 of their bytes (an image replaced by
     another of the same size is another test set)."""
     paths, _ = collect_images(GaussianNoiseDataset.Options(dataroot_gt=root, sigma=0))  # which sigma: no matter
-    listing = [(osp.relpath(p, root), _sha256(p)) for p in paths]
+    listing = [(osp.relpath(p, root), file_sha256(p)) for p in paths]
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest(), paths
 
 
