@@ -36,8 +36,8 @@ def load_denoiser(model='usaid', device=None, network_opt=None, **inference):
         **inference: Options of :class:`~usaid.inference.InferenceNetwork` (``precision``, ``conv_algo``, ...).
     """
     device = torch.device(device) if device is not None else best_device()
-    resolved_opt, weights, _ = denoiser.resolve_model(model)
-    net = denoiser.load_denoiser(weights, network_opt or resolved_opt, device)
+    resolved_opt, weights, param_key = denoiser.resolve_model(model)  # the key an option file names, e.g. params
+    net = denoiser.load_denoiser(weights, network_opt or resolved_opt, device, param_key)
     return InferenceNetwork(net, **inference).eval()
 
 

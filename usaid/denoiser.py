@@ -8,7 +8,7 @@ from basicsr.archs import build_network
 
 from usaid import yaml_io
 from usaid.arguments import check_at_least
-from usaid.checkpoint import canonical_state_dict, load_checkpoint
+from usaid.checkpoint import canonical_state_dict
 from usaid.inference import InferenceNetwork
 from usaid.released import NETWORK as RELEASED_NETWORK
 from usaid.released import RELEASED, is_released_name, released_path
@@ -57,9 +57,8 @@ def load_denoiser(weights, network_opt=None, device='cpu', param_key='params_ema
     name."""
     if is_released_name(weights):
         weights = released_path(weights)
-    checkpoint = load_checkpoint(weights)
     net = build_network(dict(network_opt or DEFAULT_NETWORK))
-    net.load_state_dict(canonical_state_dict(weights, param_key, allow_bare=True, net=net, checkpoint=checkpoint))
+    net.load_state_dict(canonical_state_dict(weights, param_key, allow_bare=True, net=net))
     return net.eval().to(device)
 
 
