@@ -22,6 +22,10 @@ class _Distribution(Distribution):
 _paths = sysconfig.get_paths()
 SITE_PACKAGES = os.path.relpath(_paths['purelib'], _paths['data'])
 
+EXTRA_SAFETENSORS = ['safetensors>=0.4']
+EXTRA_ONNX = ['onnx>=1.16', 'onnxscript>=0.2', 'onnxruntime>=1.18']  # onnxscript: torch's ONNX exporter needs it
+EXTRA_SPANDREL = ['spandrel>=0.4']
+
 setup(
     distclass=_Distribution,
     name='basicsr-usaid',
@@ -54,7 +58,16 @@ setup(
         'yapf',
         'Pillow',
     ],
-    extras_require={'test': ['pytest>=7', 'pytest-timeout', 'ruff==0.17.6', 'jsonschema>=4.18']},
+    extras_require={
+        # optional: exports (usaid-export) and safetensors checkpoints; training needs none of them
+        'safetensors': EXTRA_SAFETENSORS,
+        'onnx': EXTRA_ONNX,
+        'spandrel': EXTRA_SPANDREL,
+        'export': EXTRA_SAFETENSORS + EXTRA_ONNX + EXTRA_SPANDREL,
+        # the tests also check every export
+        'test': ['pytest>=7', 'pytest-timeout', 'ruff==0.17.6', 'jsonschema>=4.18', *EXTRA_SAFETENSORS, *EXTRA_ONNX,
+                 *EXTRA_SPANDREL],
+    },
     entry_points={
         'console_scripts': [
             'usaid-train = usaid.train:main',
@@ -66,6 +79,7 @@ setup(
             'usaid-plot-log = usaid.tools.plot_log:main',
             'usaid-compare = usaid.tools.compare:main',
             'usaid-segeval = usaid.tools.segeval:main',
+            'usaid-export = usaid.tools.export:main',
         ],
     },
 )

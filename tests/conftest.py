@@ -1,6 +1,7 @@
 """Shared fixtures: tiny real images on disk and small option files for the pipelines."""
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
+
+from usaid.released import RELEASED
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / 'shared'
@@ -165,3 +168,20 @@ def recipe_images(image_folder):
     for i in range(2):
         cv2.imwrite(str(image_folder / 'val' / f'img{i}.png'), smooth_image(rng, 96, 192))
     return image_folder
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """An empty torch hub cache of this test's own ($TORCH_HOME, also for the tools run as processes)."""
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    monkeypatch.setattr(torch.hub, '_hub_dir', None)  # an earlier set_dir would win over $TORCH_HOME
+    return tmp_path / 'torch' / 'hub' / 'checkpoints'
+
+
+@pytest.fixture
+def seeded(hub):
+    """The hub cache holding the three released files, as a first download leaves it."""
+    hub.mkdir(parents=True)
+    for model in RELEASED.values():
+        shutil.copy(CHECKPOINTS / model.filename, hub / model.filename)
+    return hub

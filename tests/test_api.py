@@ -2,6 +2,7 @@
 import re
 import subprocess
 import sys
+import warnings
 
 import cv2
 import numpy as np
@@ -10,7 +11,11 @@ import torch
 
 import usaid
 from tests.conftest import CHECKPOINTS, REPO, cli
+from usaid.archs import USAID
+from usaid.checkpoint import canonical_state_dict
 from usaid.data.data_util import add_protocol_noise
+from usaid.errors import CheckpointError
+from usaid.released import RELEASED
 
 pytestmark = pytest.mark.skipif(not CHECKPOINTS.is_dir(), reason='needs ../shared/seed/checkpoints')
 KODAK = REPO.parent / 'shared' / 'testsets' / 'Kodak24'
@@ -53,20 +58,30 @@ def test_tiles_give_the_untiled_result_and_gray_and_rgba_keep_their_layout(net):
     noisy = (np.clip(add_protocol_noise(kodak_crop(80) / 255.0, 25, 0), 0, 1) * 255).round().astype(np.uint8)
     assert np.abs(usaid.denoise(noisy, net, tile=32).astype(int) - usaid.denoise(noisy, net, tile=0)).max() <= 1
     gray = cv2.cvtColor(noisy, cv2.COLOR_RGB2GRAY)
-    assert usaid.denoise(gray, net).shape == gray.shape
+    as_colour = usaid.denoise(np.dstack([gray] * 3), net)  # gray is denoised as three equal channels
+    assert np.array_equal(usaid.denoise(gray, net), cv2.cvtColor(as_colour, cv2.COLOR_RGB2GRAY))
     rgba = np.dstack([noisy, np.full(noisy.shape[:2], 7, np.uint8)])
     out = usaid.denoise(rgba, net)
     assert out.shape == rgba.shape and (out[..., 3] == 7).all()
+    assert np.array_equal(out[..., :3], usaid.denoise(noisy, net))
 
 
 def test_the_api_matches_usaid_denoise_on_a_file(net, tmp_path):
+    """The tool is a wrapper of the API: the same pixels for 8-bit, 16-bit, gray and RGBA files."""
     noisy = (np.clip(add_protocol_noise(kodak_crop() / 255.0, 25, 0), 0, 1) * 255).round().astype(np.uint8)
-    cv2.imwrite(str(tmp_path / 'noisy.png'), noisy[..., ::-1])
-    result = cli('usaid-denoise', tmp_path / 'noisy.png', tmp_path / 'out.png', '-w', CHECKPOINTS / 'USAID.pth',
-                 cwd=tmp_path)
+    low_byte = (np.arange(noisy.size) % 256).reshape(noisy.shape).astype(np.uint16)
+    images = {'rgb': noisy, 'deep': noisy.astype(np.uint16) * 256 + low_byte, 'gray': noisy[..., 1],
+              'rgba': np.dstack([noisy, noisy[..., 0]])}
+    (tmp_path / 'in').mkdir()
+    for name, image in images.items():
+        cv2.imwrite(str(tmp_path / 'in' / f'{name}.png'), image if image.ndim == 2 else image[..., [2, 1, 0, 3][
+            :image.shape[2]]])
+    result = cli('usaid-denoise', tmp_path / 'in', tmp_path / 'out', '-w', CHECKPOINTS / 'USAID.pth', cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    tool = cv2.imread(str(tmp_path / 'out.png'))[..., ::-1]
-    assert np.abs(tool.astype(int) - usaid.denoise(noisy, net)).max() <= 1
+    for name, image in images.items():
+        tool = cv2.imread(str(tmp_path / 'out' / f'{name}.png'), cv2.IMREAD_UNCHANGED)
+        tool = tool if tool.ndim == 2 else tool[..., [2, 1, 0, 3][:tool.shape[2]]]
+        assert tool.dtype == image.dtype and np.array_equal(tool, usaid.denoise(image, net)), name
 
 
 NAN_PIXEL = np.zeros((8, 8, 3), np.float32)
@@ -105,3 +120,128 @@ def test_the_readme_example_runs_as_written(tmp_path, monkeypatch):  # a script 
     result = subprocess.run([sys.executable, 'example.py'], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert cv2.imread(str(tmp_path / 'photo_denoised.png')).shape == (64, 64, 3)
+
+
+@pytest.fixture
+def no_cache(tmp_path, monkeypatch):
+    """An empty torch hub cache and no network: a released model that is looked up fails with a CheckpointError."""
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    monkeypatch.setattr(torch.hub, '_hub_dir', None)  # an earlier set_dir would win over $TORCH_HOME
+
+    def offline(url, destination, progress=True):
+        raise OSError('offline')
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', offline)
+    return tmp_path / 'torch' / 'hub' / 'checkpoints'
+
+
+@pytest.mark.parametrize('arguments, expected', [
+    ({'tile': 5}, 'tile 5: expected 0 (the whole image at once) or a tile size >= 16 pixels; a 5-pixel tile reads'),
+    ({'tile': -16}, 'tile -16: expected 0 (the whole image at once) or a tile size >= 16 pixels; a negative size'),
+    ({'overlap': -1}, 'overlap -1: expected an integer >= 0 (the context read around each tile, in pixels)')])
+def test_tile_and_overlap_errors_name_the_python_arguments_not_the_tool_options(net, arguments, expected):
+    with pytest.raises(ValueError) as error:
+        usaid.denoise(np.zeros((40, 40, 3), np.uint8), net, **arguments)
+    assert str(error.value).startswith(expected) and '--' not in str(error.value)
+
+
+@pytest.mark.parametrize('spec, name', [('USAID', 'usaid'), ('SSaid', 'ssaid'), ('CDnCNN-B', 'cdncnn-b')])
+def test_a_released_name_in_other_letter_cases_is_refused_with_the_name_suggested(no_cache, tmp_path, monkeypatch,
+                                                                                   spec, name):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(f"{spec}: no such file or folder; did you mean the released model "
+                                                   f"'{name}'?")):
+        usaid.load_denoiser(spec, device='cpu')
+    with pytest.raises(ValueError, match=re.escape('usaid2: no such file or folder; expected a checkpoint')):
+        usaid.load_denoiser('usaid2', device='cpu')  # no name is suggested where none is meant
+
+
+TINY = {'type': 'USAID', 'num_feat': 8, 'num_layers': 6}
+
+
+def tiny_usaid(seed):
+    """A 6-layer USAID whose BatchNorm passes features on at full strength, so that every layer's effect shows."""
+    torch.manual_seed(seed)
+    net = USAID(**{k: v for k, v in TINY.items() if k != 'type'})
+    for bn in net.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(bn.weight)
+    return net.eval()
+
+
+def test_param_key_picks_the_checkpoint_entry_and_is_refused_for_a_released_model(tmp_path, no_cache):
+    plain = {'params': tiny_usaid(1), 'params_ema': tiny_usaid(2)}
+    torch.save({key: net.state_dict() for key, net in plain.items()}, tmp_path / 'both.pth')
+    image = np.random.default_rng(0).random((24, 24, 3)).astype(np.float32)
+    with torch.no_grad():  # the plain network's forward, clipped: what each entry computes
+        expected = {key: net(torch.from_numpy(image).permute(2, 0, 1)[None])[0].permute(1, 2, 0).clamp(0, 1).numpy()
+                    for key, net in plain.items()}
+    assert np.abs(expected['params'] - expected['params_ema']).max() > 0.1  # the entries tell apart
+    for param_key, key in (('params', 'params'), ('params_ema', 'params_ema'), (None, 'params_ema')):
+        net = usaid.load_denoiser(str(tmp_path / 'both.pth'), 'cpu', TINY, param_key=param_key)
+        assert np.allclose(usaid.denoise(image, net), expected[key], atol=1e-5), param_key
+    with pytest.raises(ValueError, match=re.escape("param_key 'params_ema': usaid is a released model, whose file is "
+                                                   'a bare state dict without params or params_ema entries; expected '
+                                                   'None (the default).')):
+        usaid.load_denoiser('usaid', device='cpu', param_key='params_ema')  # before any download
+
+
+def impulse_reach(forward, size=61):
+    """How far from a changed pixel ``forward``'s output changes: its receptive radius, measured."""
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, size, size)
+    changed = image.clone()
+    changed[..., size // 2, size // 2] += 0.5
+    with torch.no_grad():
+        rows, _ = torch.nonzero((forward(image) - forward(changed)).abs().amax(1)[0] > 0, as_tuple=True)
+    return int(rows.max()) - size // 2
+
+
+@pytest.mark.parametrize('released', [False, True])
+def test_an_overlap_below_the_receptive_radius_warns_and_the_defaults_do_not(tmp_path, net, released):
+    if released:  # the released U-SAID, 20 layers
+        plain = USAID().eval()
+        plain.load_state_dict(canonical_state_dict(str(CHECKPOINTS / 'USAID.pth'), allow_bare=True, net=plain))
+    else:
+        plain = tiny_usaid(0)
+        torch.save({'params': plain.state_dict()}, tmp_path / 'tiny.pth')
+        net = usaid.load_denoiser(str(tmp_path / 'tiny.pth'), 'cpu', TINY)
+    radius = impulse_reach(plain)
+    assert radius == (20 if released else 6)
+    image = np.random.default_rng(0).random((72, 72, 3)).astype(np.float32)
+    whole = usaid.denoise(image, net, tile=0)
+    with pytest.warns(UserWarning, match=re.escape(f'overlap {radius - 1}: less than the receptive radius of the '
+                                                   f'network ({radius} pixels)')):
+        short = usaid.denoise(image, net, tile=32, overlap=radius - 1)
+    assert np.abs(short - whole).max() > 1e-4  # the seams it warns of
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        assert np.abs(usaid.denoise(image, net, tile=32, overlap=radius) - whole).max() < 1e-4
+        usaid.denoise(image, net, tile=32)  # the default overlap, 32
+        usaid.denoise(image, net, tile=72, overlap=0)  # one tile: no tiling, no seams
+
+
+def test_network_opt_without_a_type_is_refused_naming_it(tmp_path):
+    torch.save({'params': tiny_usaid(0).state_dict()}, tmp_path / 'tiny.pth')
+    with pytest.raises(ValueError, match=re.escape("network_opt: found {'num_feat': 8, 'num_layers': 6}; expected "
+                                                   "network_g options with the architecture's type, e.g. {'type': "
+                                                   "'USAID'")):
+        usaid.load_denoiser(str(tmp_path / 'tiny.pth'), 'cpu', {'num_feat': 8, 'num_layers': 6})
+    with pytest.raises(ValueError, match=re.escape("network_opt: found ['USAID']; expected network_g options")):
+        usaid.load_denoiser(str(tmp_path / 'tiny.pth'), 'cpu', ['USAID'])
+
+
+def test_a_device_this_machine_lacks_is_refused_naming_it(no_cache, monkeypatch):
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 0)
+    with pytest.raises(ValueError, match=re.escape('device cuda: this machine has no GPU that torch can use')):
+        usaid.load_denoiser('usaid', device='cuda')  # before any download
+    with pytest.raises(ValueError, match=re.escape("device 'gpu': not a device name; expected auto, cpu, cuda")):
+        usaid.load_denoiser('usaid', device='gpu')
+
+
+def test_a_folder_where_a_released_file_belongs_is_named(no_cache):
+    folder = no_cache / RELEASED['usaid'].filename
+    folder.mkdir(parents=True)
+    with pytest.raises(CheckpointError, match=re.escape(f'usaid: {folder} is a folder, not the model\'s file; '
+                                                        'expected the file USAID.pth there')):
+        usaid.load_denoiser('usaid', device='cpu')
+    assert folder.is_dir()  # someone's folder: left as it is

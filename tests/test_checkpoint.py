@@ -8,7 +8,8 @@ import torch
 
 from tests.conftest import CHECKPOINTS, REPO, file_size_limit
 from usaid.archs import USAID
-from usaid.checkpoint import canonical_state_dict, check_finite, check_fits, load_checkpoint, save_atomically
+from usaid.checkpoint import (canonical_state_dict, check_finite, check_fits, load_checkpoint, safetensors_bytes,
+                              save_atomically, stored_network_options)
 from usaid.denoiser import load_denoiser, resolve_model
 from usaid.errors import CheckpointError
 from usaid.models.usaid_model import USAIDModel
@@ -64,6 +65,37 @@ def test_files_that_are_no_checkpoints_are_named(tmp_path):
     assert canonical_state_dict('x.pth', 'params_ema', checkpoint={'params': {'w': 1}}) == {'w': 1}
 
 
+def test_damaged_safetensors_files_are_named(tmp_path):
+    good = safetensors_bytes({'params': USAID(num_feat=8, num_layers=3).state_dict()}, {'type': 'USAID'})
+    for name, content in (('truncated.safetensors', good[:len(good) // 2]),
+                          ('header.safetensors', (12).to_bytes(8, 'little') + b'{"a": nope }' + good[20:]),
+                          ('renamed.pth', good[:-10])):  # recognised by content, whatever the name
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CheckpointError, match=f'{name}: cannot be loaded as a safetensors file'):
+            load_checkpoint(str(tmp_path / name))
+
+
+def test_safetensors_files_of_basicsr_layout_and_of_others_load(tmp_path):
+    from safetensors.torch import save
+    params, ema = USAID(num_feat=8, num_layers=3).state_dict(), USAID(num_feat=8, num_layers=3).state_dict()
+    (tmp_path / 'net.safetensors').write_bytes(safetensors_bytes({'params': params, 'params_ema': ema},
+                                                                 {'type': 'USAID', 'num_layers': 3}))
+    loaded = load_checkpoint(str(tmp_path / 'net.safetensors'))
+    assert list(loaded) == ['params', 'params_ema']
+    for key, state in (('params', params), ('params_ema', ema)):  # safetensors does not keep the keys' order
+        assert same_entries(loaded[key], state)
+    assert stored_network_options(str(tmp_path / 'net.safetensors')) == {'type': 'USAID', 'num_layers': 3}
+    # a flat state dict (spandrel's, traiNNer-redux's): bare, as the authors' .pth files
+    (tmp_path / 'flat.safetensors').write_bytes(save({k: v.contiguous() for k, v in params.items()}))
+    assert same_entries(canonical_state_dict(str(tmp_path / 'flat.safetensors'), allow_bare=True), params)
+    assert stored_network_options(str(tmp_path / 'flat.safetensors')) is None
+    # a key outside the entries the metadata lists is refused, not loaded into another entry
+    (tmp_path / 'odd.safetensors').write_bytes(save({'other.w': torch.ones(1)}, {'format': 'basicsr',
+                                                                                 'param_keys': 'params'}))
+    with pytest.raises(CheckpointError, match="holds 'other.w', outside the param keys"):
+        load_checkpoint(str(tmp_path / 'odd.safetensors'))
+
+
 def test_a_checkpoint_of_another_architecture_names_keys_and_shapes():
     net = USAID(num_feat=16, num_layers=4)
     wider = USAID(num_feat=32, num_layers=4).state_dict()
@@ -93,8 +125,9 @@ def test_every_torch_load_in_the_package_is_weights_only():
     calls = []
     for source in (REPO / 'usaid').rglob('*.py'):
         for node in ast.walk(ast.parse(source.read_text())):
-            loads = ('torch.load', 'load_state_dict_from_url')
-            if isinstance(node, ast.Call) and ast.unparse(node.func).endswith(loads):
+            # torch's unpickling loaders (safetensors' own reader, safetensors_torch.load, unpickles nothing)
+            if isinstance(node, ast.Call) and (ast.unparse(node.func) == 'torch.load'
+                                               or ast.unparse(node.func).endswith('load_state_dict_from_url')):
                 keywords = {k.arg: ast.unparse(k.value) for k in node.keywords}
                 calls.append((source.name, keywords.get('weights_only')))
     # the loaders of checkpoints, training states and torchvision's weights: the scan finds them
@@ -109,6 +142,10 @@ def tiny_state(seed=0):
 
 def same(a, b):
     return list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def same_entries(a, b):
+    return sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize('layout', ['params', 'params_ema', 'module_prefix', 'bare', 'root'])

@@ -15,23 +15,6 @@ from usaid.released import RELEASED, is_released_name, released_path
 pytestmark = pytest.mark.skipif(not CHECKPOINTS.is_dir(), reason='needs ../shared/seed/checkpoints')
 
 
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    """An empty torch hub cache of this test's own ($TORCH_HOME, also for the tools run as processes)."""
-    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
-    monkeypatch.setattr(torch.hub, '_hub_dir', None)  # an earlier set_dir would win over $TORCH_HOME
-    return tmp_path / 'torch' / 'hub' / 'checkpoints'
-
-
-@pytest.fixture
-def seeded(hub):
-    """The hub cache holding the three released files, as a first download leaves it."""
-    hub.mkdir(parents=True)
-    for model in RELEASED.values():
-        shutil.copy(CHECKPOINTS / model.filename, hub / model.filename)
-    return hub
-
-
 def local_download(monkeypatch, calls):
     """Downloads served from ../shared (the published bytes), counted."""
     def download(url, destination, progress=True):

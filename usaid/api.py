@@ -5,40 +5,56 @@
     clean = usaid.denoise(noisy_rgb, net, tile=512)  # NumPy in, NumPy out: same shape and dtype
 
 The same network loading (:func:`usaid.denoiser.load_denoiser`), fast inference (:class:`~usaid.inference.
-InferenceNetwork`) and tiling (:func:`usaid.denoiser.denoise`) as ``usaid-denoise``.
+InferenceNetwork`) and tiling (:func:`usaid.denoiser.denoise`) as ``usaid-denoise``, which is a wrapper of these
+functions and :func:`as_image` around image files.
 """
 import numbers
 
+import cv2
 import numpy as np
 import torch
 from torch import nn
 
 from usaid import denoiser
+from usaid.arguments import resolve_device
 from usaid.inference import InferenceNetwork
+from usaid.released import is_released_name
 
 _INTEGER_TYPES = (np.uint8, np.uint16)
 
 
 def best_device():
     """The first GPU if torch sees one, else the CPU."""
-    return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    return torch.device(resolve_device('auto'))
 
 
-def load_denoiser(model='usaid', device=None, network_opt=None, **inference):
+def load_denoiser(model='usaid', device=None, network_opt=None, param_key=None, **inference):
     """A denoiser ready for :func:`denoise`: eval mode, no gradients, on ``device`` (default: :func:`best_device`).
 
     Args:
         model (str): A released model's name (``usaid``, ``ssaid``, ``cdncnn-b``), a checkpoint, an option file or an
             experiment folder (as the tools take them).
-        device (str | torch.device, optional): Where to run it.
-        network_opt (dict, optional): ``network_g`` options of the checkpoint's network (default: what ``model``
-            names; for a bare checkpoint, U-SAID's DnCNN).
+        device (str | torch.device, optional): Where to run it: ``cpu``, ``cuda``, ``cuda:1``, ... (one this machine
+            has).
+        network_opt (dict, optional): ``network_g`` options of the checkpoint's network, with its ``type`` (default:
+            what ``model`` names; for a bare checkpoint, U-SAID's DnCNN).
+        param_key (str, optional): The checkpoint's entry to load, ``params`` or ``params_ema`` (default: what
+            ``model`` implies: an option file's ``param_key_g``, an experiment's EMA weights if it trained with them,
+            else BasicSR's rule, ``params_ema`` if stored, else ``params``). The released models have no entries.
         **inference: Options of :class:`~usaid.inference.InferenceNetwork` (``precision``, ``conv_algo``, ...).
     """
-    device = torch.device(device) if device is not None else best_device()
-    resolved_opt, weights, param_key = denoiser.resolve_model(model)  # the key an option file names, e.g. params
-    net = denoiser.load_denoiser(weights, network_opt or resolved_opt, device, param_key)
-    return InferenceNetwork(net, **inference).eval()
+    device = best_device() if device is None else torch.device(resolve_device(device, 'device'))
+    if param_key is not None and is_released_name(model):
+        raise ValueError(f'param_key {param_key!r}: {model} is a released model, whose file is a bare state dict '
+                         'without params or params_ema entries; expected None (the default).')
+    if network_opt is not None:
+        denoiser.check_network_opt(network_opt, 'network_opt')
+    resolved_opt, weights, implied_key = denoiser.resolve_model(model)
+    net = denoiser.load_denoiser(weights, resolved_opt if network_opt is None else network_opt, device,
+                                 implied_key if param_key is None else param_key)
+    fast = InferenceNetwork(net, **inference).eval()
+    fast.receptive_radius = denoiser.receptive_radius(net)  # its fast copy, traced at the first image, hides the type
+    return fast
 
 
 def denoise(image, model='usaid', tile=512, overlap=32):
@@ -50,7 +66,8 @@ def denoise(image, model='usaid', tile=512, overlap=32):
         model (nn.Module | str): A denoiser from :func:`load_denoiser`, or what it takes (loaded each call).
         tile (int | None): Tile size in pixels, so that memory stays bounded for large images; None or 0 for the
             whole image at once. The result equals the untiled one up to float rounding.
-        overlap (int): Context pixels around each tile.
+        overlap (int): Context pixels around each tile; a ``UserWarning`` says when it is below the network's
+            receptive radius, where that is known (20 pixels for U-SAID's 20 layers).
     """
     array = np.asarray(image)
     if not (array.dtype in _INTEGER_TYPES or np.issubdtype(array.dtype, np.floating)):
@@ -70,13 +87,25 @@ def denoise(image, model='usaid', tile=512, overlap=32):
         raise ValueError(f'model: found {type(model).__name__}; expected a denoiser from usaid.load_denoiser, or a '
                          'released model\'s name, a checkpoint, an option file or an experiment folder.')
     net = model
-    scale = np.iinfo(array.dtype).max if array.dtype in _INTEGER_TYPES else 1.0
     rgb = np.repeat(array[..., None], 3, axis=2) if array.ndim == 2 else array[..., :3]
-    tensor = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32) / np.float32(scale)).permute(2, 0, 1)
+    rgb = np.require(rgb, np.float32, ['C', 'W'])  # copied only where the type or layout needs it: images are large
+    if array.dtype in _INTEGER_TYPES:
+        rgb /= np.iinfo(array.dtype).max  # in place: the conversion above made a new array
     device = getattr(net, 'device', None) or next(net.parameters()).device
-    result = denoiser.denoise(net, tensor[None], tile or None, overlap, device)[0].clamp(0, 1).permute(1, 2, 0)
-    out = result.numpy()
-    if array.ndim == 2:  # the luminance of the RGB result, with the weights OpenCV's gray conversion uses
-        out = out @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-    out = (out * scale).round().astype(array.dtype) if array.dtype in _INTEGER_TYPES else out.astype(array.dtype)
-    return np.dstack([out, array[..., 3]]) if array.ndim == 3 and array.shape[2] == 4 else out
+    result = denoiser.denoise(net, torch.from_numpy(rgb).permute(2, 0, 1)[None], tile or None, overlap, device)
+    alpha = array[..., 3] if array.ndim == 3 and array.shape[2] == 4 else None
+    return as_image(result[0].permute(1, 2, 0).numpy(), array.dtype, array.ndim == 2, alpha)
+
+
+def as_image(rgb, dtype, gray=False, alpha=None):
+    """A denoised H x W x 3 RGB array (in [0, 1] scale) as an image of ``dtype``: clipped to [0, 1]; for uint8 and
+    uint16, scaled to their range and rounded; with ``gray``, converted to gray by OpenCV (its weights and rounding:
+    what converting the colour result with OpenCV gives); with ``alpha``, that channel appended as it is."""
+    out = np.clip(rgb, 0, 1, out=np.empty(np.shape(rgb), np.float32))
+    if np.dtype(dtype) in _INTEGER_TYPES:
+        out *= np.iinfo(dtype).max
+        out = np.round(out, out=out).astype(dtype)
+    if gray:
+        out = cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)
+    out = out.astype(dtype, copy=False)
+    return out if alpha is None else np.dstack([out, alpha])

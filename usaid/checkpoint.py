@@ -9,26 +9,33 @@ one place, :func:`canonical_state_dict`, which every loader calls.
 """
 import contextlib
 import io
+import json
 import os
 from os import path as osp
 
 import torch
 
 from usaid.errors import CheckpointError
+from usaid.extras import require
 
 _LISTED = 5  # keys quoted in a message
+SAFETENSORS_LAYOUT = 'basicsr'  # the metadata 'format' of the safetensors files written here
 
 
 def save_atomically(obj, path):
-    """``torch.save(obj)`` to ``path`` through a hidden temporary file in the same folder, flushed to disk and renamed
-    over ``path``: a reader sees the old file or the new one, never a partial one. If the write fails (disk full,
-    quota, I/O error) the temporary file is removed, ``path`` is left as it was, and :class:`CheckpointError` says
-    why."""
+    """``torch.save(obj)`` to ``path`` by :func:`write_atomically`."""
+    write_atomically(path, lambda f: torch.save(obj, f))
+
+
+def write_atomically(path, write):
+    """Call ``write(f)`` on a hidden temporary file in the folder of ``path``, flush it to disk and rename it over
+    ``path``: a reader sees the old file or the new one, never a partial one. If the write fails (disk full, quota,
+    I/O error) the temporary file is removed, ``path`` is left as it was, and :class:`CheckpointError` says why."""
     folder, name = osp.split(path)
     partial = osp.join(folder, f'.{name}.partial')
     try:
         with open(partial, 'wb') as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(partial, path)
@@ -40,14 +47,91 @@ def save_atomically(obj, path):
                               'Free disk space (or fix the folder) and resume with --auto_resume.') from error
 
 
-def load_checkpoint(path, content=None):
-    """A checkpoint loaded with ``weights_only=True`` (tensors and containers only: no code from the file runs).
-    ``content``: the bytes of ``path`` when the caller has read them already (to hash them), so the file is read
-    once."""
+def safetensors_bytes(states, network_opt=None):
+    """BasicSR's checkpoint ``{param_key: state dict}`` (``params``, ``params_ema``) as the content of one safetensors
+    file. safetensors holds one flat mapping of tensors, so each key is stored as ``<param_key>.<name>``, and the
+    metadata names the layout, the param keys and (``network_opt``) the ``network_g`` options that build the network,
+    so that tools load the file without an option file. :func:`load_checkpoint` reads it back."""
+    safetensors_torch = require('safetensors', 'safetensors.torch', feature='A safetensors checkpoint')
+    flat = {f'{key}.{name}': tensor.detach().cpu().contiguous()
+            for key, state in states.items() for name, tensor in state.items()}
+    metadata = {'format': SAFETENSORS_LAYOUT, 'param_keys': ','.join(states)}
+    if network_opt is not None:
+        metadata['network_g'] = json.dumps(network_opt)
+    return safetensors_torch.save(flat, metadata)
+
+
+def _load_safetensors(path, content):
+    """A safetensors file as :func:`load_checkpoint` returns checkpoints: BasicSR's ``{param_key: state dict}`` for
+    a file of :func:`safetensors_bytes`, else the flat state dict it holds (spandrel's, traiNNer-redux's)."""
+    safetensors_torch = require('safetensors', 'safetensors.torch', feature=f'{path}: a safetensors file')
     try:
-        return torch.load(io.BytesIO(content) if content is not None else path, map_location='cpu', weights_only=True)
+        flat = safetensors_torch.load(content)
+    except Exception as error:  # noqa: BLE001  (the Rust reader raises its own SafetensorError for bad bytes)
+        raise CheckpointError(f'{path}: cannot be loaded as a safetensors file ({error}).') from None
+    metadata = _safetensors_metadata(path, content)
+    if metadata.get('format') != SAFETENSORS_LAYOUT:
+        return flat
+    states = {key: {} for key in metadata.get('param_keys', '').split(',') if key}
+    for name, tensor in flat.items():
+        key, _, rest = name.partition('.')
+        if key not in states:
+            raise CheckpointError(f'{path}: holds {name!r}, outside the param keys its metadata lists '
+                                  f'({", ".join(states)}); expected a file written by basicsr-usaid.')
+        states[key][rest] = tensor
+    return states
+
+
+def stored_network_options(path):
+    """The ``network_g`` options that a checkpoint file names (a safetensors file of :func:`safetensors_bytes`), or
+    None. Reads the file's header only."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(10)
+            if not _is_safetensors(head):
+                return None
+            f.seek(0)
+            metadata = _safetensors_metadata(path, f.read(8 + int.from_bytes(head[:8], 'little')))
+    except OSError:  # missing, a folder, unreadable: load_checkpoint says so when the weights are loaded
+        return None
+    try:
+        return json.loads(metadata['network_g']) if 'network_g' in metadata else None
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f'{path}: its network_g metadata is not JSON ({error}).') from None
+
+
+def _safetensors_metadata(path, content):
+    """The string metadata of a safetensors file from its ``content`` (at least its header: 8 bytes of length, then
+    JSON)."""
+    try:
+        header = json.loads(content[8:8 + int.from_bytes(content[:8], 'little')])
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f'{path}: cannot be loaded as a safetensors file (its header: {error}).') from None
+    metadata = header.get('__metadata__') if isinstance(header, dict) else None
+    return metadata if isinstance(metadata, dict) else {}
+
+
+def _is_safetensors(head):
+    # an 8-byte little-endian header length, then the JSON header; torch's files start with PK (zip) or a pickle
+    return len(head) >= 10 and head[8:10] == b'{"'
+
+
+def load_checkpoint(path, content=None):
+    """A checkpoint loaded with ``weights_only=True`` (tensors and containers only: no code from the file runs), or a
+    safetensors file (:func:`safetensors_bytes`; recognised by its content, whatever its name). ``content``: the bytes
+    of ``path`` when the caller has read them already (to hash them), so the file is read once."""
+    try:
+        if content is None:
+            with open(path, 'rb') as f:
+                content = f.read()
     except FileNotFoundError:
         raise CheckpointError(f'{path}: does not exist.') from None
+    except IsADirectoryError:
+        raise CheckpointError(f'{path}: is a folder; expected a checkpoint file.') from None
+    if _is_safetensors(content[:10]):
+        return _load_safetensors(path, content)
+    try:
+        return torch.load(io.BytesIO(content), map_location='cpu', weights_only=True)
     except Exception as error:  # noqa: BLE001  (garbage makes the unpickler raise anything: KeyError, EOFError, ...)
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f'{path}: cannot be loaded as a PyTorch checkpoint of weights ({first_line}).') from None

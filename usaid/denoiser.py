@@ -1,17 +1,21 @@
 """Denoisers for the tools: which network and weights a model names, the network loaded from any checkpoint layout,
 and images denoised in tiles of bounded memory."""
 import glob
+import warnings
+from collections.abc import Mapping
 from os import path as osp
 
 import torch
 from basicsr.archs import build_network
+from torch import nn
 
 from usaid import yaml_io
+from usaid.archs import USAID
 from usaid.arguments import check_at_least
-from usaid.checkpoint import canonical_state_dict
+from usaid.checkpoint import canonical_state_dict, stored_network_options
 from usaid.inference import InferenceNetwork
 from usaid.released import NETWORK as RELEASED_NETWORK
-from usaid.released import RELEASED, is_released_name, released_path
+from usaid.released import RELEASED, is_released_name, released_name_like, released_path
 
 DEFAULT_NETWORK = {'type': 'USAID'}
 # below this a tile with its context on every side computes each pixel many times over ((16 + 2 * 32)^2 / 16^2 = 25
@@ -45,10 +49,30 @@ def resolve_model(spec):
         if is_released_name(weights):
             return dict(opt['network_g']), released_path(weights), None
         return dict(opt['network_g']), weights, path_opt.get('param_key_g', 'params')
-    if osp.isfile(spec):
-        return dict(DEFAULT_NETWORK), spec, 'params_ema'  # BasicSR's rule: the EMA weights if stored, else params
+    if osp.isfile(spec):  # BasicSR's rule: the EMA weights if stored, else params
+        return dict(network_options_of(spec)), spec, 'params_ema'
+    name = released_name_like(spec)
+    if name:  # taken as a file name: a name in other letter cases is not the model, so that ./USAID stays a file
+        raise ValueError(f'{spec}: no such file or folder; did you mean the released model {name!r}? Released models '
+                         f'are named in lower case ({", ".join(RELEASED)}).')
     raise ValueError(f'{spec}: no such file or folder; expected a checkpoint, an option file, an experiment folder or '
                      f'a released model ({", ".join(RELEASED)}).')
+
+
+def network_options_of(weights):
+    """The ``network_g`` options a checkpoint file names (a safetensors export holds them), else U-SAID's."""
+    stored = stored_network_options(weights)
+    return DEFAULT_NETWORK if stored is None else check_network_opt(stored, f'{weights}: its network_g metadata')
+
+
+def check_network_opt(network_opt, name):
+    """``network_opt`` if it can build a network (a mapping with a ``type``, as ``network_g`` in an option file), else
+    a ``ValueError`` naming it as ``name``: BasicSR's ``build_network`` would fail with a bare ``KeyError: 'type'``."""
+    if not (isinstance(network_opt, Mapping) and 'type' in network_opt):
+        found = dict(network_opt) if isinstance(network_opt, Mapping) else network_opt  # an option file's OrderedDict
+        raise ValueError(f'{name}: found {found!r}; expected network_g options with the architecture\'s type, '
+                         "e.g. {'type': 'USAID', 'num_layers': 17}.")
+    return network_opt
 
 
 def load_denoiser(weights, network_opt=None, device='cpu', param_key='params_ema'):
@@ -57,7 +81,7 @@ def load_denoiser(weights, network_opt=None, device='cpu', param_key='params_ema
     name."""
     if is_released_name(weights):
         weights = released_path(weights)
-    net = build_network(dict(network_opt or DEFAULT_NETWORK))
+    net = build_network(dict(network_opt or network_options_of(weights)))
     net.load_state_dict(canonical_state_dict(weights, param_key, allow_bare=True, net=net))
     return net.eval().to(device)
 
@@ -69,14 +93,20 @@ def denoise(net, image, tile=None, overlap=32, device='cpu'):
     again: with ``overlap`` at least the network's receptive radius (20 for the default USAID) the result equals the
     untiled one up to float rounding. For a network that takes only sizes that are multiples of some number
     (:attr:`InferenceNetwork.size_multiple`: SwinIR's window, RRDBNet's unshuffle), ``tile`` and ``overlap`` are
-    rounded up to multiples of it, so that every piece starts on the grid the whole image would use."""
-    check_tiling(tile or 0, overlap)
+    rounded up to multiples of it, so that every piece starts on the grid the whole image would use. A ``UserWarning``
+    says when the overlap is below a receptive radius that is known (:func:`receptive_radius`)."""
+    check_tiling(tile or 0, overlap, 'tile', 'overlap')
     _, _, height, width = image.shape
     if not tile or (height <= tile and width <= tile):
         return net(image.to(device)).cpu()
     if isinstance(net, InferenceNetwork):
         multiple = net.prepare(image[..., :64, :64].to(device))
         tile, overlap = -(-tile // multiple) * multiple, -(-overlap // multiple) * multiple
+    radius = receptive_radius(net)
+    if radius is not None and overlap < radius:
+        warnings.warn(f'overlap {overlap}: less than the receptive radius of the network ({radius} pixels), so the '
+                      'tiled result differs from the untiled one along the tile borders (seams); expected an overlap '
+                      f'of at least {radius} pixels.', UserWarning)
     output = torch.empty_like(image)
     for top in range(0, height, tile):
         for left in range(0, width, tile):
@@ -88,13 +118,24 @@ def denoise(net, image, tile=None, overlap=32, device='cpu'):
     return output
 
 
-def check_tiling(tile, overlap):
+def check_tiling(tile, overlap, tile_name, overlap_name):
     """Refuse a tile size or overlap that would give a wrong or useless result: a negative tile covers nothing (the
     output would be uninitialised memory), a tiny one recomputes each pixel many times, a negative overlap drops
-    pixels."""
+    pixels. The messages name them as the caller takes them: ``tile_name`` and ``overlap_name``."""
     if tile < 0 or 0 < tile < MIN_TILE:
         why = ('a negative size covers no pixel' if tile < 0 else f'a {tile}-pixel tile reads (tile + 2 x overlap)^2 = '
                f'{(tile + 2 * max(overlap, 0)) ** 2} pixels to make {tile * tile}')
-        raise ValueError(f'--tile {tile}: expected 0 (the whole image at once) or a tile size >= {MIN_TILE} pixels; '
-                         f'{why}.')
-    check_at_least(overlap, 0, '--tile-overlap', ' (the context read around each tile, in pixels)')
+        raise ValueError(f'{tile_name} {tile}: expected 0 (the whole image at once) or a tile size >= {MIN_TILE} '
+                         f'pixels; {why}.')
+    check_at_least(overlap, 0, overlap_name, ' (the context read around each tile, in pixels)')
+
+
+def receptive_radius(net):
+    """How many pixels on each side of an output pixel ``net`` reads, where that is known, else None. U-SAID is a plain
+    stack of convolutions with stride 1 (k x k with padding k // 2; no pooling), each widening what a pixel sees by
+    k // 2 pixels on every side: 20 pixels for the default 20 layers of 3 x 3. An
+    :class:`~usaid.inference.InferenceNetwork` replaces the network by a traced copy at its first image, so
+    :func:`usaid.api.load_denoiser` keeps the radius of the network it wraps as its ``receptive_radius``."""
+    if isinstance(net, USAID):
+        return sum(conv.kernel_size[0] // 2 for conv in net.modules() if isinstance(conv, nn.Conv2d))
+    return getattr(net, 'receptive_radius', None)

@@ -26,3 +26,7 @@ class CheckpointError(USAIDError, RuntimeError):
 
 class OutputFolderError(USAIDError, RuntimeError):
     """An experiment or results folder that cannot be used: in use by a live run, a link, or not writable."""
+
+
+class MissingExtraError(USAIDError, ImportError):
+    """An optional feature whose extra (``pip install "basicsr-usaid[extra]"``) is not installed."""

@@ -11,7 +11,6 @@ from os import path as osp
 
 import cv2
 import numpy as np
-from basicsr.utils import tensor2img
 from PIL import Image, UnidentifiedImageError
 
 EXIF_ORIENTATION = 0x0112
@@ -76,17 +75,6 @@ def read_image(path):
         raise ValueError(f'{path}: {img.shape[2]} channels; expected gray, RGB or RGBA.')
     rgb = img[..., ::-1].astype(np.float32) / np.iinfo(dtype).max
     return rgb, dtype, gray, alpha
-
-
-def to_image(tensor, dtype, gray=False, alpha=None):
-    """A (1, 3, H, W) result as a BGR(A) or gray array of ``dtype``, through BasicSR's ``tensor2img``."""
-    if dtype == np.uint8:
-        img = tensor2img(tensor)
-    else:
-        img = (tensor2img(tensor, out_type=np.float32) * np.iinfo(dtype).max).round().astype(dtype)
-    if gray:
-        return cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
-    return img if alpha is None else np.dstack([img, alpha])
 
 
 def check_format(path, dtype, channels, source):

@@ -49,14 +49,23 @@ def is_released_name(spec):
     return isinstance(spec, str) and spec in RELEASED
 
 
+def released_name_like(spec):
+    """The released model's name that ``spec`` spells in other letter cases (``USAID`` for ``usaid``), or None: for a
+    message that suggests it, since such a spec is taken as a file name."""
+    return next((name for name in RELEASED if isinstance(spec, str) and spec.lower() == name), None)
+
+
 def released_path(name, progress=True):
     """The cached file of the released model ``name``, downloaded first if it is not there (with a progress bar).
 
     A cached or downloaded file whose SHA-256 differs from the published one is removed, and
     :class:`~usaid.errors.CheckpointError` says so; so does a download that fails (offline), naming the URL and the
-    exact file to place."""
+    exact file to place, and a folder where the file belongs (left as it is)."""
     model = RELEASED[name]
     path = model.cached_path
+    if os.path.isdir(path):  # no download would replace it, and reading it fails with a bare OSError
+        raise CheckpointError(f'{name}: {path} is a folder, not the model\'s file; expected the file {model.filename} '
+                              f'there: move the folder away, and {model.url} is downloaded there at the next use.')
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         partial = f'{path}.partial'

@@ -1,6 +1,7 @@
 import re
 import subprocess
 import sys
+import warnings
 
 import cv2
 import numpy as np
@@ -10,9 +11,9 @@ import yaml
 from PIL import Image
 
 from tests.conftest import CHECKPOINTS, KODAK24, console_script, file_size_limit, run, smooth_image
+from usaid import api
 from usaid.archs import USAID
 from usaid.inference import InferenceNetwork
-from usaid.tools import denoise as denoise_tool
 from usaid.denoiser import denoise
 from usaid.tools.denoise import main
 
@@ -54,8 +55,11 @@ def test_tiles_without_enough_overlap_differ_and_with_it_agree():
             torch.nn.init.ones_(bn.weight)
     image = torch.rand(1, 3, 70, 90)
     whole = denoise(net, image)
-    assert torch.allclose(denoise(net, image, tile=32, overlap=6), whole, atol=1e-6)
-    assert not torch.allclose(denoise(net, image, tile=32, overlap=2), whole, atol=1e-4)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # enough overlap: no warning
+        assert torch.allclose(denoise(net, image, tile=32, overlap=6), whole, atol=1e-6)
+    with pytest.warns(UserWarning, match=r'overlap 2: less than the receptive radius of the network \(6 pixels\)'):
+        assert not torch.allclose(denoise(net, image, tile=32, overlap=2), whole, atol=1e-4)
 
 
 @pytest.fixture
@@ -275,7 +279,7 @@ def test_the_inference_switches_reach_the_network(tmp_path, tiny_weights, photos
         made.append(options)
         return InferenceNetwork(net, **options)
 
-    monkeypatch.setattr(denoise_tool, 'InferenceNetwork', recording)
+    monkeypatch.setattr(api, 'InferenceNetwork', recording)  # the tool loads the network through the API
     main([str(photos / 'a.png'), str(tmp_path / 'o.png'), '--no-fold-bn', '--no-channels-last', '--conv-algo',
           'direct'] + tiny_weights)
     assert made == [{'fold_bn': False, 'conv_algo': 'direct', 'channels_last': False, 'precision': 'fp32'}]
@@ -320,3 +324,13 @@ def test_devices_and_thread_counts_the_tool_cannot_use_are_refused(tmp_path, arg
         main([str(tmp_path / 'a.png'), str(tmp_path / 'o.png'), '-w', str(tmp_path / 'w.pth'), '-opt',
               str(tmp_path / 'net.yml')] + argv)
     assert message in str(stop.value.code)
+
+
+@pytest.mark.parametrize('text, found', [('network_g: {num_feat: 8}\n', "{'num_feat': 8}"), ('name: x\n', 'None')])
+def test_an_option_file_whose_network_g_names_no_architecture_is_refused(tmp_path, photos, text, found):
+    torch.save({'params': USAID(num_feat=8, num_layers=3).state_dict()}, tmp_path / 'w.pth')
+    (tmp_path / 'net.yml').write_text(text)
+    refused([str(photos / 'a.png'), str(tmp_path / 'o.png'), '-w', str(tmp_path / 'w.pth'), '-opt',
+             str(tmp_path / 'net.yml')], f"-opt {tmp_path / 'net.yml'}: network_g: found {found}; expected network_g "
+            "options with the architecture's type, e.g. {'type': 'USAID'")
+    assert not (tmp_path / 'o.png').exists()

@@ -15,28 +15,32 @@ output file is complete or absent.
 
 The network runs through :class:`usaid.inference.InferenceNetwork` (BatchNorm folded, Winograd convolutions on the
 CPU, same results to float rounding); ``--precision bf16`` is a faster opt-in with a small PSNR cost.
+
+The tool is a wrapper of the Python API around image files: the network is loaded by ``usaid.load_denoiser`` and each
+image denoised by ``usaid.denoise`` and converted back to its bit depth by :func:`usaid.api.as_image`; reading and
+writing the files (EXIF orientation, 16-bit, alpha, the output names) is done here and in :mod:`usaid.image_io`.
 """
 import argparse
 import os
 import sys
+from collections.abc import Mapping
 from os import path as osp
 
 import cv2
 import numpy as np
 import torch
 from basicsr.metrics import calculate_psnr, calculate_ssim
-from basicsr.utils import img2tensor, tensor2img
 from tqdm import tqdm
 
-from usaid import yaml_io
+from usaid import api, yaml_io
 from usaid.allocator import keep_freed_memory
 from usaid.arguments import check_at_least, check_seed, check_sigma, resolve_device
 from usaid.data.data_util import IMAGE_EXTENSIONS, add_protocol_noise
 from usaid.data.image_scan import scan_file
-from usaid.denoiser import MIN_TILE, check_tiling, denoise, load_denoiser
+from usaid.denoiser import MIN_TILE, check_network_opt, check_tiling
 from usaid.errors import CheckpointError
-from usaid.image_io import check_format, read_image, single_image_orientation, to_image, write_image
-from usaid.inference import InferenceNetwork, add_inference_arguments, inference_options
+from usaid.image_io import check_format, read_image, single_image_orientation, write_image
+from usaid.inference import add_inference_arguments, inference_options
 from usaid.paths import check_writable, relation
 
 MAX_THREADS = 1024
@@ -119,8 +123,22 @@ def plan_outputs(input_path, output, side_by_side=False, overwrite=False):
     return jobs
 
 
-def denoise_file(net, path, out_path, tile=None, overlap=32, device='cpu', add_noise=None, seed=0,
-                 side_by_side=False):
+def read_network_opt(option_file):
+    """The ``network_g`` options of ``option_file`` (``-opt``), checked to name an architecture."""
+    with open(option_file) as f:
+        opt = yaml_io.load(f)
+    return check_network_opt(opt.get('network_g') if isinstance(opt, Mapping) else None,
+                             f'-opt {option_file}: network_g')
+
+
+def in_bgr_order(image):
+    """An RGB(A) or gray image array in OpenCV's channel order, for writing."""
+    if image.ndim == 2:
+        return image
+    return cv2.cvtColor(image, cv2.COLOR_RGB2BGR if image.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+
+
+def denoise_file(net, path, out_path, tile=None, overlap=32, add_noise=None, seed=0, side_by_side=False):
     """Denoise one image file into ``out_path`` (and ``<name>_side_by_side.png`` beside it); with ``add_noise``,
     returns the PSNR/SSIM of input and output."""
     rgb, dtype, gray, alpha = read_image(path)
@@ -128,18 +146,17 @@ def denoise_file(net, path, out_path, tile=None, overlap=32, device='cpu', add_n
     clean = None
     if add_noise is not None:
         clean, rgb = rgb, add_protocol_noise(rgb, add_noise, seed).astype(np.float32)
-    noisy = img2tensor(rgb, bgr2rgb=False, float32=True).unsqueeze(0)
-    result = denoise(net, noisy, tile, overlap, device)
-    write_image(to_image(result, dtype, gray, alpha), out_path)
+    result = api.denoise(rgb, net, tile, overlap)  # float in, float out: the noisy input is not quantized
+    write_image(in_bgr_order(api.as_image(result, dtype, gray, alpha)), out_path)
     if side_by_side:
-        write_image(np.concatenate([to_image(noisy, dtype, gray), to_image(result, dtype, gray)], axis=1),
-                    osp.splitext(out_path)[0] + SIDE_BY_SIDE)
+        pair = np.concatenate([api.as_image(rgb, dtype, gray), api.as_image(result, dtype, gray)], axis=1)
+        write_image(in_bgr_order(pair), osp.splitext(out_path)[0] + SIDE_BY_SIDE)
     if clean is None:
         return None
-    reference = tensor2img(img2tensor(clean, bgr2rgb=False).unsqueeze(0))
+    reference = api.as_image(clean, np.uint8)
     scores = {}
-    for name, tensor in (('input', noisy), ('output', result)):
-        img = tensor2img(tensor)
+    for name, image in (('input', rgb), ('output', result)):
+        img = api.as_image(image, np.uint8)
         scores[name] = (calculate_psnr(img, reference, 0), calculate_ssim(img, reference, 0))
     return scores
 
@@ -151,8 +168,8 @@ def main(argv=None):
     parser.add_argument('output', help='an image file for one image (.png, .jpg, .tif, ...: the extension picks the '
                         'format) or a folder (one PNG per input)')
     parser.add_argument('-w', '--weights', default='usaid', help='a released model by name (usaid, ssaid, cdncnn-b: '
-                        'fetched once into the torch hub cache), a BasicSR checkpoint or a released file (USAID.pth); '
-                        'default: usaid')
+                        'fetched once into the torch hub cache), a BasicSR checkpoint or a released file (USAID.pth), '
+                        'an option file or an experiment folder (as usaid.load_denoiser takes them); default: usaid')
     parser.add_argument('-opt', help="option file whose network_g builds the network (default: USAID's defaults)")
     parser.add_argument('--tile', type=int, default=512,
                         help=f'tile size in pixels, at least {MIN_TILE}; 0 for the whole image at once')
@@ -170,7 +187,7 @@ def main(argv=None):
                        help='return freed memory to the OS at once (slower: see usaid/allocator.py)')
     args = parser.parse_args(argv)
     try:  # every check that needs no network first: a mistake costs nothing and writes nothing
-        check_tiling(args.tile, args.tile_overlap)
+        check_tiling(args.tile, args.tile_overlap, '--tile', '--tile-overlap')
         check_sigma(args.add_noise)
         check_seed(args.seed)
         if args.threads is not None:
@@ -178,6 +195,7 @@ def main(argv=None):
             if args.threads > MAX_THREADS:  # OpenMP crashes on absurd counts instead of refusing them
                 raise ValueError(f'--threads {args.threads}: expected at most {MAX_THREADS}.')
         device = resolve_device(args.device)
+        network_opt = read_network_opt(args.opt) if args.opt else None
         jobs = plan_outputs(args.input, args.output, args.side_by_side, args.overwrite)
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f'usaid-denoise: {error}')
@@ -186,16 +204,12 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     if args.keep_freed_memory:
         keep_freed_memory()
-    network_opt = None
-    if args.opt:
-        with open(args.opt) as f:
-            network_opt = yaml_io.load(f)['network_g']
     written = 0
     try:
-        net = InferenceNetwork(load_denoiser(args.weights, network_opt, device), **inference_options(args))
+        net = api.load_denoiser(args.weights, device, network_opt, **inference_options(args))
         for path, out_path, _ in tqdm(jobs, unit='image', disable=len(jobs) == 1):
-            scores = denoise_file(net, path, out_path, args.tile, args.tile_overlap, device, args.add_noise,
-                                  args.seed, args.side_by_side)
+            scores = denoise_file(net, path, out_path, args.tile, args.tile_overlap, args.add_noise, args.seed,
+                                  args.side_by_side)
             written += 1
             if scores:
                 (psnr_in, ssim_in), (psnr_out, ssim_out) = scores['input'], scores['output']
