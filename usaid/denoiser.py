@@ -75,6 +75,14 @@ def check_network_opt(network_opt, name):
     return network_opt
 
 
+def read_network_opt(option_file):
+    """The ``network_g`` options of ``option_file`` (a tool's ``-opt``), checked to name an architecture."""
+    with open(option_file) as f:
+        opt = yaml_io.load(f)
+    return check_network_opt(opt.get('network_g') if isinstance(opt, Mapping) else None,
+                             f'-opt {option_file}: network_g')
+
+
 def load_denoiser(weights, network_opt=None, device='cpu', param_key='params_ema'):
     """A network in eval mode from a BasicSR checkpoint (``param_key`` preferred, else ``params``) or a bare state
     dict such as the authors' released files (:func:`~usaid.checkpoint.canonical_state_dict`), or a released model's

@@ -29,4 +29,4 @@ class OutputFolderError(USAIDError, RuntimeError):
 
 
 class MissingExtraError(USAIDError, ImportError):
-    """An optional feature whose extra (``pip install "basicsr-usaid[extra]"``) is not installed."""
+    """An optional feature whose packages (an extra of this package, see :mod:`usaid.extras`) are not installed."""

@@ -23,7 +23,6 @@ writing the files (EXIF orientation, 16-bit, alpha, the output names) is done he
 import argparse
 import os
 import sys
-from collections.abc import Mapping
 from os import path as osp
 
 import cv2
@@ -32,12 +31,12 @@ import torch
 from basicsr.metrics import calculate_psnr, calculate_ssim
 from tqdm import tqdm
 
-from usaid import api, yaml_io
+from usaid import api
 from usaid.allocator import keep_freed_memory
 from usaid.arguments import check_at_least, check_seed, check_sigma, resolve_device
 from usaid.data.data_util import IMAGE_EXTENSIONS, add_protocol_noise
 from usaid.data.image_scan import scan_file
-from usaid.denoiser import MIN_TILE, check_network_opt, check_tiling
+from usaid.denoiser import MIN_TILE, check_tiling, read_network_opt
 from usaid.errors import CheckpointError
 from usaid.image_io import check_format, read_image, single_image_orientation, write_image
 from usaid.inference import add_inference_arguments, inference_options
@@ -121,14 +120,6 @@ def plan_outputs(input_path, output, side_by_side=False, overwrite=False):
     for path in paths:  # from the headers: an animation is refused before any image is written
         single_image_orientation(path, 'input')
     return jobs
-
-
-def read_network_opt(option_file):
-    """The ``network_g`` options of ``option_file`` (``-opt``), checked to name an architecture."""
-    with open(option_file) as f:
-        opt = yaml_io.load(f)
-    return check_network_opt(opt.get('network_g') if isinstance(opt, Mapping) else None,
-                             f'-opt {option_file}: network_g')
 
 
 def in_bgr_order(image):

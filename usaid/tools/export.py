@@ -10,7 +10,7 @@ and the measured difference. Formats and checks: :mod:`usaid.export`.
 import argparse
 import sys
 
-from usaid import yaml_io
+from usaid.denoiser import read_network_opt
 from usaid.errors import CheckpointError, MissingExtraError
 from usaid.export import FORMATS, export
 
@@ -31,13 +31,10 @@ def main(argv=None):
     parser.add_argument('--force', action='store_true', help='replace OUTPUT if it exists')
     args = parser.parse_args(argv)
     try:
-        network_opt = None
-        if args.opt:
-            with open(args.opt) as f:
-                network_opt = yaml_io.load(f)['network_g']
+        network_opt = read_network_opt(args.opt) if args.opt else None
         report = export(args.model, args.output, args.format, network_opt, args.param_key, args.fp16, args.opset,
                         args.force)
-    except (ValueError, OSError, CheckpointError, MissingExtraError, KeyError) as error:
+    except (ValueError, OSError, CheckpointError, MissingExtraError) as error:
         sys.exit(f'usaid-export: {error}')
     print(report)
 

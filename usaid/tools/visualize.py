@@ -27,11 +27,10 @@ from basicsr.utils import tensor2img  # noqa: E402
 from matplotlib.backend_bases import FigureCanvasBase  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from usaid import yaml_io  # noqa: E402
 from usaid.archs.usanet_arch import BACKBONES  # noqa: E402
 from usaid.arguments import check_at_least, check_seed, check_sigma, resolve_device  # noqa: E402
 from usaid.data.data_util import add_protocol_noise  # noqa: E402
-from usaid.denoiser import denoise, load_denoiser  # noqa: E402
+from usaid.denoiser import denoise, load_denoiser, read_network_opt  # noqa: E402
 from usaid.errors import CheckpointError  # noqa: E402
 from usaid.image_io import read_image  # noqa: E402
 from usaid.inference import InferenceNetwork, add_inference_arguments, inference_options  # noqa: E402
@@ -161,12 +160,9 @@ def main(argv=None):
         check_at_least(args.num_classes, 1, '--num-classes')
         device = resolve_device(args.device)
         check_figure_path(args.output, [args.image, *args.weights] + ([args.opt] if args.opt else []))
-    except ValueError as error:
+        network_opt = read_network_opt(args.opt) if args.opt else None
+    except (ValueError, OSError) as error:
         sys.exit(f'usaid-visualize: {error}')
-    network_opt = None
-    if args.opt:
-        with open(args.opt) as f:
-            network_opt = yaml_io.load(f)['network_g']
     usa_opt = {'backbone': args.usa_backbone, 'pretrained': args.usa_pretrained, 'init_seed': args.usa_init_seed,
                'num_classes': args.num_classes}
     try:
