@@ -207,3 +207,43 @@ def test_metrics_an_image_is_too_small_for_are_left_out_with_a_note(tmp_path, ca
     rows, _ = compare({'a': model_file(tmp_path, 'a', TINY_USAID, 0)}, [str(folder)], [25], str(tmp_path / 'out'))
     assert {row['metric'] for row in rows} == {'psnr'}
     assert 'ssim left out: an image is too small for it' in capsys.readouterr().out
+
+
+def test_the_baseline_comparison_is_scipys_on_the_per_image_values(tmp_path):
+    from scipy import stats
+    photos = small_set(tmp_path / 'photos', count=6)
+    models = {name: model_file(tmp_path, name, TINY_USAID, seed) for seed, name in enumerate(('base', 'other'))}
+    out = tmp_path / 'out'
+    compare(models, [photos], [25], str(out), niqe='off', baseline='base')
+    with open(out / 'compare_images.csv') as f:
+        images = list(csv.DictReader(f))
+    assert len(images) == 2 * 6 and {r['model'] for r in images} == {'base', 'other'}
+    # one per-image value recomputed outside the pipeline: the image denoised by the network, PSNR against the clean
+    first = next(r for r in images if r['model'] == 'other' and r['image'] == 'p0')
+    clean = cv2.imread(str(tmp_path / 'photos' / 'p0.png'))
+    rgb = clean[..., ::-1].astype(np.float32) / 255
+    noisy = rgb + np.random.RandomState(0).normal(0, 25 / 255., rgb.shape)
+    net = build_network(dict(TINY_USAID)).eval()
+    net.load_state_dict(torch.load(tmp_path / 'other.pth', weights_only=True)['params'])
+    with torch.no_grad():
+        out_rgb = net(torch.from_numpy(noisy.astype(np.float32)).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
+    denoised = (np.clip(out_rgb, 0, 1) * 255).round()
+    mse = np.mean((denoised - rgb * 255) ** 2)
+    assert float(first['psnr']) == pytest.approx(10 * np.log10(255 ** 2 / mse), abs=1e-3)
+    # the paired statistics: scipy on those values
+    with open(out / 'compare_paired.csv') as f:
+        paired = {r['metric']: r for r in csv.DictReader(f)}
+    assert set(paired) == {'psnr', 'ssim'}
+    for metric, row in paired.items():
+        value = {m: {r['image']: float(r[metric]) for r in images if r['model'] == m} for m in models}
+        names = sorted(value['base'])
+        differences = np.array([value['other'][n] - value['base'][n] for n in names])
+        interval = stats.bootstrap((differences,), np.mean, n_resamples=10000, method='BCa',
+                                   rng=np.random.default_rng(0)).confidence_interval
+        assert float(row['mean_difference']) == pytest.approx(differences.mean())
+        assert (float(row['ci_low']), float(row['ci_high'])) == pytest.approx((interval.low, interval.high))
+        assert float(row['wilcoxon_p']) == pytest.approx(stats.wilcoxon(differences).pvalue)
+        assert row['baseline'] == 'base' and row['model'] == 'other' and int(row['images']) == 6
+    assert 'Paired with base' in (out / 'compare.md').read_text()
+    with pytest.raises(ValueError, match='--baseline nobody: not one of the models'):
+        compare(models, [photos], [25], str(out), niqe='off', baseline='nobody')

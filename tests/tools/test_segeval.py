@@ -274,3 +274,52 @@ def test_the_inference_switches_reach_the_denoisers(voc, tmp_path, monkeypatch):
     main(['--voc', str(voc[0]), '-w', f'tiny={tmp_path / "tiny.yml"}', '-s', '25', '--segnet',
           'tests.tools.test_segeval:TinySegNet', '-o', str(tmp_path / 'out'), '--no-fold-bn', '--precision', 'bf16'])
     assert made == [{'fold_bn': False, 'conv_algo': 'auto', 'channels_last': True, 'precision': 'bf16'}]
+
+
+def per_image_miou(root, name, transform):
+    """One image's mIoU written out with NumPy (not the package's functions): over the classes in its labels or its
+    prediction, pixels labelled 255 left out."""
+    net = TinySegNet().eval()
+    rgb = np.asarray(Image.open(root / 'JPEGImages' / f'{name}.jpg').convert('RGB'), dtype=np.float64) / 255.
+    label = np.asarray(Image.open(root / 'SegmentationClass' / f'{name}.png'), dtype=np.int64)
+    shown = np.round(np.clip(transform(rgb), 0, 1) * 255) / 255
+    normalized = (shown - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    with torch.no_grad():
+        prediction = net(torch.from_numpy(normalized).permute(2, 0, 1)[None].float())['out'].argmax(1)[0].numpy()
+    valid = label != 255
+    classes = np.union1d(np.unique(label[valid]), np.unique(prediction[valid]))
+    ious = [np.sum((prediction == c) & (label == c) & valid) / np.sum(((prediction == c) | (label == c)) & valid)
+            for c in classes]
+    return float(np.mean(ious)), float(np.mean(prediction[valid] == label[valid]))
+
+
+def test_a_baseline_gives_per_image_scores_and_scipys_paired_statistics(voc, tmp_path):
+    from scipy import stats
+    root, names = voc
+    torch.manual_seed(0)
+    torch.save({'params': USAID(num_feat=8, num_layers=3).state_dict()}, tmp_path / 'tiny.pth')
+    (tmp_path / 'tiny.yml').write_text(f"network_g: {{type: USAID, num_feat: 8, num_layers: 3}}\n"
+                                       f"path: {{pretrain_network_g: {tmp_path / 'tiny.pth'}}}\n")
+    main(['--voc', str(root), '-w', f'tiny={tmp_path / "tiny.yml"}', '-s', '50', '--segnet',
+          'tests.tools.test_segeval:TinySegNet', '--baseline', 'noisy', '-o', str(tmp_path / 'out')])
+    with open(tmp_path / 'out' / 'segeval_images.csv') as f:
+        images = list(csv.DictReader(f))
+    noisy = {row['image']: row for row in images if row['method'] == 'noisy'}
+    for name in names:
+        miou, accuracy = per_image_miou(root, name, protocol_noise(50))
+        assert float(noisy[name]['miou']) == pytest.approx(miou, abs=1e-12)
+        assert float(noisy[name]['pixel_accuracy']) == pytest.approx(accuracy, abs=1e-12)
+    tiny = {row['image']: row for row in images if row['method'] == 'tiny'}
+    with open(tmp_path / 'out' / 'segeval_paired.csv') as f:
+        paired = {row['metric']: row for row in csv.DictReader(f)}
+    assert set(paired) == {'miou', 'pixel_accuracy', 'psnr'}
+    for metric, row in paired.items():
+        differences = np.array([float(tiny[n][metric]) - float(noisy[n][metric]) for n in names])
+        assert float(row['mean_difference']) == pytest.approx(differences.mean())
+        if np.any(differences != 0):
+            assert float(row['wilcoxon_p']) == pytest.approx(stats.wilcoxon(differences).pvalue)
+        assert row['method'] == 'tiny' and row['baseline'] == 'noisy' and int(row['images']) == 3
+    assert 'Paired with noisy' in (tmp_path / 'out' / 'segeval.md').read_text()
+    with pytest.raises(SystemExit, match='--baseline nobody: not one of the methods'):
+        main(['--voc', str(root), '-s', '50', '--segnet', 'tests.tools.test_segeval:TinySegNet', '--baseline',
+              'nobody', '-o', str(tmp_path / 'out2')])

@@ -9,8 +9,11 @@ protocol: ``GaussianNoiseDataset``, noise seeded with 0 per image, PSNR and SSIM
 NIQE where every image holds two of NIQE's 96 x 96 blocks (usaid.metric_sizes; with one block it is undefined).
 
 Written to OUT: ``compare.md`` (one row per dataset, sigma and metric, one column per model, the best in bold),
-``compare.csv`` (the same numbers: the test pipeline's own averages), ``compare_psnr.png`` (grouped bars), and
-``compare_crops.png`` (the same crop of the first image of the first dataset from every model). Results are cached
+``compare.csv`` (the same numbers: the test pipeline's own averages), ``compare_images.csv`` (every image's values),
+``compare_psnr.png`` (grouped bars), and ``compare_crops.png`` (the same crop of the first image of the first dataset
+from every model). With ``--baseline NAME``, every other model is compared with NAME image by image
+(:mod:`usaid.statistics`: the mean difference, its bootstrap 95 % interval, the Wilcoxon signed-rank p-value and
+a verdict that knows NIQE's direction), in ``compare_paired.csv`` and a section of ``compare.md``. Results are cached
 in ``OUT/cache``, keyed by content: the checkpoint's SHA-256, the network and inference options, the SHA-256 of every
 image of the dataset, sigma and the protocol; a model evaluated before is not run again.
 
@@ -51,6 +54,7 @@ from usaid.inference import add_inference_arguments, inference_options  # noqa: 
 from usaid.metric_sizes import size_problem  # noqa: E402
 from usaid.options import check_options  # noqa: E402
 from usaid.paths import check_label, file_sha256, relation  # noqa: E402
+from usaid.statistics import SEED, paired_comparison, paired_fields  # noqa: E402
 
 METRICS = {
     'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
@@ -58,7 +62,7 @@ METRICS = {
     'niqe': {'type': 'calculate_niqe', 'crop_border': 0, 'better': 'lower'},
 }
 # BasicSR's NIQE fits a covariance over 96 x 96 blocks: one block gives NaN; two in each direction are enough
-PROTOCOL = {'noise_seed': 0, 'metrics': METRICS, 'version': 1}
+PROTOCOL = {'noise_seed': 0, 'metrics': METRICS, 'version': 2}  # 2: per-image values cached
 
 
 def canonical_checkpoint(name, weights, network_opt, param_key, folder):
@@ -139,9 +143,10 @@ def metric_applies(metric, paths):
 
 def evaluate(name, network_opt, weights, param_key, root, dataset_name, sigma, metrics, work_dir, save_img,
              inference=None):
-    """One model on one dataset at one sigma through BasicSR's test path; returns the averaged metrics (the test
-    pipeline's own ``metric_results``). ``inference``: the keyword arguments of the model's
-    :class:`~usaid.inference.InferenceNetwork` (BasicSR's ``val: inference``)."""
+    """One model on one dataset at one sigma through BasicSR's test path; returns ``{'mean': the test pipeline's own
+    averages (``metric_results``), 'images': [{'image': name, metric: value, ...}, ...]}`` (the per-image CSV the
+    model writes). ``inference``: the keyword arguments of the model's :class:`~usaid.inference.InferenceNetwork`
+    (BasicSR's ``val: inference``)."""
     opt = {
         'name': name, 'model_type': 'USAIDModel', 'num_gpu': torch.cuda.device_count(), 'manual_seed': 0,
         'datasets': {'test_1': {'name': dataset_name, 'type': 'GaussianNoiseDataset', 'dataroot_gt': root,
@@ -163,13 +168,21 @@ def evaluate(name, network_opt, weights, param_key, root, dataset_name, sigma, m
                               seed=0)
     model = build_model(opt)
     model.validation(loader, current_iter=name, tb_logger=None, save_img=save_img)
-    return {metric: float(value) for metric, value in model.metric_results.items()}
+    with open(osp.join(results_root, f'{dataset_name}.csv'), newline='') as f:
+        images = [{'image': row['image'], **{m: float(row[m]) for m in metrics}} for row in csv.DictReader(f)]
+    return {'mean': {metric: float(value) for metric, value in model.metric_results.items()}, 'images': images}
 
 
-def compare(models, datasets, sigmas, out_dir, use_cache=True, niqe='auto', crop_sigma=None, inference=None):
-    """Run (or reuse) every job; write the table, CSV and figures; return the rows of ``compare.csv`` and how many
-    jobs came from the cache. ``inference``: keyword arguments of :class:`~usaid.inference.InferenceNetwork`."""
+def compare(models, datasets, sigmas, out_dir, use_cache=True, niqe='auto', crop_sigma=None, inference=None,
+            baseline=None):
+    """Run (or reuse) every job; write the table, CSVs and figures; return the rows of ``compare.csv`` and how many
+    jobs came from the cache. ``inference``: keyword arguments of :class:`~usaid.inference.InferenceNetwork`.
+    ``baseline``: a model's name, against which every other model is compared image by image
+    (:func:`usaid.statistics.paired_comparison`)."""
     check_jobs(models, datasets, sigmas, out_dir, crop_sigma)
+    if baseline is not None and baseline not in models:
+        raise ValueError(f'--baseline {baseline}: not one of the models ({", ".join(models)}); expected the NAME of '
+                         'a --model.')
     inference = dict(inference or {})
     os.makedirs(osp.join(out_dir, 'cache'), exist_ok=True)
     work_dir = osp.join(out_dir, 'runs')
@@ -190,7 +203,7 @@ def compare(models, datasets, sigmas, out_dir, use_cache=True, niqe='auto', crop
             sets[root] = (key, paths, metrics)
         crop_sigma = crop_sigma if crop_sigma is not None else sigmas[len(sigmas) // 2]
         jobs = [(name, root, sigma) for name in models for root in datasets for sigma in sigmas]
-        rows, crops_from, reused = [], {}, 0
+        rows, image_rows, crops_from, reused = [], [], {}, 0
         progress = tqdm(jobs, unit='job', desc='usaid-compare')
         for name, root, sigma in progress:
             network_opt, param_key, weights_file, weights_hash = resolved[name]
@@ -216,22 +229,68 @@ def compare(models, datasets, sigmas, out_dir, use_cache=True, niqe='auto', crop
                 os.replace(cache_file + '.partial', cache_file)
             if save_img:
                 crops_from[name] = crop_image
-            for metric, value in values.items():
+            for metric, value in values['mean'].items():
                 rows.append({'model': name, 'dataset': dataset_label(root), 'sigma': sigma,
                              'metric': metric, 'value': value})
+            image_rows += [{'model': name, 'dataset': dataset_label(root), 'sigma': sigma, **row}
+                           for row in values['images']]
     write_table(rows, list(models), out_dir)
+    write_csv(image_rows, osp.join(out_dir, 'compare_images.csv'))
+    if baseline is not None:
+        write_paired(paired_rows(image_rows, baseline), out_dir)
     plot_bars(rows, list(models), osp.join(out_dir, 'compare_psnr.png'))
     first = sets[datasets[0]][1][0]
     plot_crops(first, crop_sigma, crops_from, osp.join(out_dir, 'compare_crops.png'))
     return rows, reused
 
 
+def paired_rows(image_rows, baseline):
+    """For each model but ``baseline``, dataset, sigma and metric: the paired comparison with ``baseline`` over the
+    images (:func:`usaid.statistics.paired_comparison`, the metric's direction taken into account)."""
+    scores = {}
+    for row in image_rows:
+        for metric in METRICS:
+            if metric in row:
+                scores.setdefault((row['dataset'], row['sigma'], metric), {}).setdefault(row['model'], {})[
+                    row['image']] = row[metric]
+    paired = []
+    for (dataset, sigma, metric), by_model in scores.items():
+        reference = by_model[baseline]
+        for model, values in by_model.items():
+            if model == baseline:
+                continue
+            images = [image for image in reference if image in values]
+            result = paired_comparison([reference[i] for i in images], [values[i] for i in images],
+                                       higher_is_better=METRICS[metric].get('better') != 'lower')
+            paired.append({'model': model, 'baseline': baseline, 'dataset': dataset, 'sigma': sigma,
+                           'metric': metric, 'result': result})
+    return paired
+
+
+def write_paired(paired, out_dir):
+    """``compare_paired.csv`` and a section of ``compare.md``: mean per-image difference, its bootstrap interval,
+    the Wilcoxon p-value and the verdict, per model, dataset, sigma and metric."""
+    write_csv([{key: value for key, value in row.items() if key != 'result'} | paired_fields(row['result'])
+               for row in paired], osp.join(out_dir, 'compare_paired.csv'))
+    if not paired:
+        return
+    first = paired[0]['result']
+    lines = ['', f'Paired with {paired[0]["baseline"]}, image by image: mean difference (model - baseline) with its '
+             f'{first.confidence:.0%} bootstrap interval (BCa, {first.resamples} resamples, seed {SEED}), Wilcoxon '
+             'signed-rank p-value (two-sided), and the verdict (the interval excludes 0; NIQE: lower is better).', '',
+             '| model | dataset | sigma | metric | images | difference [95 % CI] | p | verdict |',
+             '|---|---|---|---|---|---|---|---|']
+    for row in paired:
+        difference, p_value = row['result'].cells(4 if row['metric'] == 'ssim' else 3)
+        lines.append(f'| {row["model"]} | {row["dataset"]} | {row["sigma"]:g} | {row["metric"].upper()} | '
+                     f'{row["result"].images} | {difference} | {p_value} | {row["result"].verdict} |')
+    with open(osp.join(out_dir, 'compare.md'), 'a') as f:
+        f.write('\n'.join(lines) + '\n')
+
+
 def write_table(rows, names, out_dir):
     """``compare.csv`` (long format) and ``compare.md`` (datasets x sigmas x metrics by models, best in bold)."""
-    with open(osp.join(out_dir, 'compare.csv'), 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=['model', 'dataset', 'sigma', 'metric', 'value'])
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(rows, osp.join(out_dir, 'compare.csv'))
     table = {}
     for row in rows:
         table.setdefault((row['dataset'], row['sigma'], row['metric']), {})[row['model']] = row['value']
@@ -249,6 +308,15 @@ def write_table(rows, names, out_dir):
         lines.append(f'| {cell(dataset)} | {sigma:g} | {metric.upper()} | ' + ' | '.join(cells) + ' |')
     with open(osp.join(out_dir, 'compare.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
+
+
+def write_csv(rows, path):
+    """``rows`` (dicts) as a CSV with the union of their keys as columns, in order of appearance."""
+    fields = list(dict.fromkeys(key for row in rows for key in row)) or ['model']
+    with open(path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def plot_bars(rows, names, out_path):
@@ -300,6 +368,8 @@ def main(argv=None):
     parser.add_argument('--niqe', choices=('auto', 'on', 'off'), default='auto',
                         help='auto: where every image holds two 96 x 96 blocks (e.g. 192 x 96)')
     parser.add_argument('--crop-sigma', type=float, help='the sigma of compare_crops.png (default: the middle one)')
+    parser.add_argument('--baseline', metavar='NAME', help='compare every other model with this one image by image: '
+                        'mean difference, bootstrap 95%% interval, Wilcoxon p-value (compare_paired.csv)')
     parser.add_argument('--no-cache', dest='cache', action='store_false', help='recompute every job')
     add_inference_arguments(parser)
     args = parser.parse_args(argv)
@@ -314,13 +384,14 @@ def main(argv=None):
         models[name] = spec
     try:
         rows, reused = compare(models, args.dataset, args.sigma, args.output, args.cache, args.niqe, args.crop_sigma,
-                               inference_options(args))
+                               inference_options(args), args.baseline)
     except (ValueError, OSError, USAIDError) as error:
         sys.exit(f'usaid-compare: {error}')
     with open(osp.join(args.output, 'compare.md')) as f:
         print(f.read())
     print(f'{reused} of {len({(r["model"], r["dataset"], r["sigma"]) for r in rows})} jobs reused from the cache.')
-    written = ('compare.md', 'compare.csv', 'compare_psnr.png', 'compare_crops.png')
+    written = ('compare.md', 'compare.csv', 'compare_images.csv') + (('compare_paired.csv',) if args.baseline else ())
+    written += ('compare_psnr.png', 'compare_crops.png')
     print(f'Written: {", ".join(osp.join(args.output, name) for name in written)}')
 
 

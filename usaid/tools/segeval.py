@@ -18,8 +18,10 @@ torchvision's cache ``$TORCH_HOME/hub/checkpoints``, downloaded when possible, o
 ``package.module:factory``, any importable callable that returns an ``nn.Module`` whose output (a tensor or a dict
 with ``out``) is (N, 21, H, W) logits (H, W: the input's size or a fraction of it).
 
-Written to OUT: ``segeval.csv`` (sigma, method, mIoU, pixel accuracy, PSNR, one column per class IoU) and
-``segeval.md`` (the same as Markdown tables).
+Written to OUT: ``segeval.csv`` (sigma, method, mIoU, pixel accuracy, PSNR, one column per class IoU),
+``segeval_images.csv`` (each image's own mIoU, pixel accuracy and PSNR) and ``segeval.md`` (the same as Markdown
+tables). With ``--baseline NAME`` (a model, or ``noisy``), every other method is compared with it image by image
+(:mod:`usaid.statistics`) in ``segeval_paired.csv`` and a section of ``segeval.md``.
 """
 import argparse
 import csv
@@ -45,8 +47,10 @@ from usaid.errors import CheckpointError, USAIDError
 from usaid.inference import InferenceNetwork, add_inference_arguments, inference_options
 from usaid.paths import check_writable
 from usaid.segmentation import IGNORE_INDEX, VOC_CLASSES, confusion_matrix, segmentation_scores
+from usaid.statistics import CONFIDENCE, RESAMPLES, SEED, paired_comparison, paired_fields
 from usaid.torchvision_weights import IMAGENET_MEAN, IMAGENET_STD, load_torchvision_weights
 
+PAIRED_METRICS = ('miou', 'pixel_accuracy', 'psnr')  # per image; all three: higher is better
 TORCHVISION_SEGNETS = ('deeplabv3_resnet50', 'deeplabv3_resnet101', 'fcn_resnet50', 'fcn_resnet101',
                        'lraspp_mobilenet_v3_large')
 
@@ -165,62 +169,86 @@ def class_scores(output, labels):
 
 
 def segeval(pairs, denoisers, sigmas, segnet, device='cpu', batch_size=4, normalize=True):
-    """``{(sigma, method): {'miou', 'pixel_accuracy', 'iou', 'psnr'}}`` for methods clean, noisy and each denoiser
-    (``{name: nn.Module}``); sigma None for clean."""
+    """``{(sigma, method): {'miou', 'pixel_accuracy', 'iou', 'psnr', 'images'}}`` for methods clean, noisy and each
+    denoiser (``{name: nn.Module}``); sigma None for clean. ``images``: per image, its name and its own mIoU (over the
+    classes in its labels or its prediction), pixel accuracy and PSNR, for paired comparisons."""
     segnet = segnet.to(device)
     mean = torch.tensor(IMAGENET_MEAN if normalize else (0., 0., 0.), device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD if normalize else (1., 1., 1.), device=device).view(1, 3, 1, 1)
     num_classes = len(VOC_CLASSES)
     confusions = defaultdict(lambda: torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device))
-    psnrs = defaultdict(list)
+    per_image = defaultdict(list)
     groups = batches_by_size(pairs, batch_size)
     jobs = [(None, group) for group in groups] + [(sigma, group) for sigma in sigmas for group in groups]
 
-    def segment(method, sigma, images, labels, clean):
+    def segment(method, sigma, images, labels, clean, names):
         with torch.inference_mode():
             output = segnet((images - mean) / std)
-        confusions[(sigma, method)] += confusion_matrix(class_scores(output, labels).argmax(1), labels, num_classes)
-        if clean is not None:
-            for image, reference in zip(images, clean):
-                psnrs[(sigma, method)].append(calculate_psnr(
-                    (image.permute(1, 2, 0).cpu().numpy() * 255).round(), reference, crop_border=0))
+        predictions = class_scores(output, labels).argmax(1)
+        for i, name in enumerate(names):
+            confusion = confusion_matrix(predictions[i], labels[i], num_classes)
+            confusions[(sigma, method)] += confusion
+            scores = segmentation_scores(confusion.cpu())
+            psnr = float('nan') if clean is None else calculate_psnr(
+                (images[i].permute(1, 2, 0).cpu().numpy() * 255).round(), clean[i], crop_border=0)
+            per_image[(sigma, method)].append({'image': name, 'miou': scores['miou'],
+                                               'pixel_accuracy': scores['pixel_accuracy'], 'psnr': psnr})
 
     for sigma, group in tqdm(jobs, unit='batch', desc='usaid-segeval'):
         read = [read_pair(*pairs[i]) for i in group]
+        names = [osp.splitext(osp.basename(pairs[i][0]))[0] for i in group]
         labels = torch.from_numpy(np.stack([label for _, label in read])).to(device)
         clean = torch.from_numpy(np.stack([rgb for rgb, _ in read])).permute(0, 3, 1, 2).float().to(device)
         if sigma is None:
-            segment('clean', None, to_8bit(clean), labels, None)
+            segment('clean', None, to_8bit(clean), labels, None, names)
             continue
         references = [(rgb * 255).round() for rgb, _ in read]
         noisy = torch.from_numpy(np.stack([add_protocol_noise(rgb, sigma, 0) for rgb, _ in read])).permute(
             0, 3, 1, 2).float().to(device)
-        segment('noisy', sigma, to_8bit(noisy), labels, references)
+        segment('noisy', sigma, to_8bit(noisy), labels, references, names)
         for name, net in denoisers.items():
             with torch.inference_mode():
                 denoised = net(noisy)
-            segment(name, sigma, to_8bit(denoised), labels, references)
+            segment(name, sigma, to_8bit(denoised), labels, references, names)
 
     results = {}
     for key, confusion in confusions.items():
-        results[key] = {**segmentation_scores(confusion.cpu()),
-                        'psnr': float(np.mean(psnrs[key])) if psnrs[key] else float('nan')}
+        psnrs = [row['psnr'] for row in per_image[key] if not np.isnan(row['psnr'])]
+        results[key] = {**segmentation_scores(confusion.cpu()), 'psnr': float(np.mean(psnrs)) if psnrs else
+                        float('nan'), 'images': per_image[key]}
     return results
 
 
-def write_results(results, out_dir):
-    """``segeval.csv`` and ``segeval.md``."""
+def paired_rows(results, baseline):
+    """For each sigma, method other than ``baseline`` (and clean) and per-image metric: the paired comparison with
+    ``baseline`` (:func:`usaid.statistics.paired_comparison`; all three metrics: higher is better)."""
+    paired = []
+    for (sigma, method), scores in results.items():
+        if sigma is None or method == baseline:
+            continue
+        reference = {row['image']: row for row in results[(sigma, baseline)]['images']}
+        images = [row for row in scores['images'] if row['image'] in reference]
+        for metric in PAIRED_METRICS:
+            result = paired_comparison([reference[row['image']][metric] for row in images],
+                                       [row[metric] for row in images])
+            paired.append({'method': method, 'baseline': baseline, 'sigma': f'{sigma:g}', 'metric': metric,
+                           **paired_fields(result), 'result': result})
+    return paired
+
+
+def write_results(results, out_dir, baseline=None):
+    """``segeval.csv``, ``segeval_images.csv`` (each image's scores) and ``segeval.md``; with ``baseline``,
+    ``segeval_paired.csv`` and its section of ``segeval.md``."""
     os.makedirs(out_dir, exist_ok=True)
-    rows = []
+    rows, image_rows = [], []
     for (sigma, method), scores in results.items():
         row = {'sigma': '' if sigma is None else f'{sigma:g}', 'method': method, 'miou': scores['miou'],
                'pixel_accuracy': scores['pixel_accuracy'], 'psnr': scores['psnr']}
         row.update({f'iou_{c}': v for c, v in zip(VOC_CLASSES, scores['iou'])})
         rows.append(row)
-    with open(osp.join(out_dir, 'segeval.csv'), 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+        image_rows += [{'sigma': row['sigma'], 'method': method, **image} for image in scores['images']]
+    write_csv(rows, osp.join(out_dir, 'segeval.csv'))
+    write_csv(image_rows, osp.join(out_dir, 'segeval_images.csv'))
     lines = ['| sigma | method | mIoU (%) | pixel accuracy (%) | PSNR (dB) |', '|---|---|---|---|---|']
     for row in rows:
         psnr = '' if np.isnan(row['psnr']) else f"{row['psnr']:.2f}"
@@ -230,9 +258,32 @@ def write_results(results, out_dir):
     for row in rows:
         ious = ['' if np.isnan(row[f'iou_{c}']) else f"{100 * row[f'iou_{c}']:.1f}" for c in VOC_CLASSES]
         lines.append(f"| {row['sigma'] or '-'} | {row['method']} | " + ' | '.join(ious) + ' |')
+    if baseline is not None:
+        paired = paired_rows(results, baseline)
+        write_csv([{k: v for k, v in row.items() if k != 'result'} for row in paired],
+                  osp.join(out_dir, 'segeval_paired.csv'))
+        lines += ['', f'Paired with {baseline}, image by image (each image\'s own mIoU over the classes in its labels '
+                  f'or prediction, pixel accuracy, PSNR): mean difference (method - {baseline}) with its '
+                  f'{CONFIDENCE:.0%} bootstrap interval (BCa, {RESAMPLES} resamples, seed {SEED}), Wilcoxon '
+                  'signed-rank p-value, verdict.', '',
+                  '| sigma | method | metric | images | difference [95 % CI] | p | verdict |',
+                  '|---|---|---|---|---|---|---|']
+        for row in paired:
+            difference, p_value = row['result'].cells(4 if row['metric'] != 'psnr' else 3)
+            lines.append(f"| {row['sigma']} | {row['method']} | {row['metric']} | {row['images']} | {difference} | "
+                         f"{p_value} | {row['verdict']} |")
     with open(osp.join(out_dir, 'segeval.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
     return rows
+
+
+def write_csv(rows, path):
+    """``rows`` (dicts) as a CSV with the union of their keys as columns, in order of appearance."""
+    fields = list(dict.fromkeys(key for row in rows for key in row)) or ['method']
+    with open(path, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def main(argv=None):
@@ -254,6 +305,8 @@ def main(argv=None):
     parser.add_argument('--batch-size', type=int, default=4)
     parser.add_argument('--limit', type=int, help='only the first N images (a quick run)')
     parser.add_argument('--device', default='auto', help='auto (a GPU when there is one), cpu, cuda, cuda:1, ...')
+    parser.add_argument('--baseline', metavar='NAME', help='compare every other method with this one (a model NAME, '
+                        'or noisy) image by image: mean difference, bootstrap 95%% interval, Wilcoxon p-value')
     parser.add_argument('-o', '--output', default='results/segeval')
     add_inference_arguments(parser)
     args = parser.parse_args(argv)
@@ -284,6 +337,9 @@ def main(argv=None):
                 raise SegevalError(f'--model {entry!r}: a second model named {name!r}, and the results tell models '
                                    'by their name; expected a distinct NAME for each model.')
             specs[name] = spec
+        if args.baseline is not None and args.baseline not in ('noisy', *specs):
+            raise SegevalError(f'--baseline {args.baseline}: not one of the methods ({", ".join(["noisy", *specs])}); '
+                               'expected the NAME of a --model, or noisy.')
         denoisers = {}
         for name, spec in specs.items():
             network_opt, weights, _ = resolve_model(spec)
@@ -292,10 +348,11 @@ def main(argv=None):
         results = segeval(pairs, denoisers, args.sigma, segnet, device, args.batch_size, args.normalize)
     except (USAIDError, ValueError, CheckpointError, OSError) as error:
         sys.exit(f'usaid-segeval: {error}')
-    write_results(results, args.output)
+    write_results(results, args.output, args.baseline)
     with open(osp.join(args.output, 'segeval.md')) as f:
         print(f.read().split('\n\n')[0])
-    written = ', '.join(osp.join(args.output, name) for name in ('segeval.csv', 'segeval.md'))
+    names = ('segeval.csv', 'segeval_images.csv') + (('segeval_paired.csv',) if args.baseline else ()) + ('segeval.md',)
+    written = ', '.join(osp.join(args.output, name) for name in names)
     print(f'{len(pairs)} images; written: {written}')
 
 
