@@ -11,11 +11,11 @@ from PIL import Image
 from torch import nn
 
 from tests.conftest import smooth_image
+from usaid import evaluation
 from usaid.archs import USAID
 from usaid.errors import CheckpointError
 from usaid.inference import InferenceNetwork
 from usaid.segmentation import VOC_CLASSES, confusion_matrix, segmentation_scores
-from usaid.tools import segeval as segeval_tool
 from usaid.tools.segeval import SegevalError, build_segnet, main
 from usaid.torchvision_weights import IMAGENET_MEAN, IMAGENET_STD
 
@@ -267,7 +267,7 @@ def test_the_inference_switches_reach_the_denoisers(voc, tmp_path, monkeypatch):
         made.append(options)
         return InferenceNetwork(net, **options)
 
-    monkeypatch.setattr(segeval_tool, 'InferenceNetwork', recording)
+    monkeypatch.setattr(evaluation, 'InferenceNetwork', recording)
     torch.save({'params': USAID(num_feat=8, num_layers=3).state_dict()}, tmp_path / 'tiny.pth')
     (tmp_path / 'tiny.yml').write_text(f"network_g: {{type: USAID, num_feat: 8, num_layers: 3}}\n"
                                        f"path: {{pretrain_network_g: {tmp_path / 'tiny.pth'}}}\n")

@@ -50,6 +50,7 @@ from usaid.data.data_util import add_protocol_noise  # noqa: E402
 from usaid.data.gaussian_noise_dataset import GaussianNoiseDataset, collect_images  # noqa: E402
 from usaid.denoiser import resolve_model  # noqa: E402
 from usaid.errors import USAIDError  # noqa: E402
+from usaid.evaluation import write_csv  # noqa: E402
 from usaid.inference import add_inference_arguments, inference_options  # noqa: E402
 from usaid.metric_sizes import size_problem  # noqa: E402
 from usaid.options import check_options  # noqa: E402
@@ -308,15 +309,6 @@ def write_table(rows, names, out_dir):
         lines.append(f'| {cell(dataset)} | {sigma:g} | {metric.upper()} | ' + ' | '.join(cells) + ' |')
     with open(osp.join(out_dir, 'compare.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
-
-
-def write_csv(rows, path):
-    """``rows`` (dicts) as a CSV with the union of their keys as columns, in order of appearance."""
-    fields = list(dict.fromkeys(key for row in rows for key in row)) or ['model']
-    with open(path, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def plot_bars(rows, names, out_path):

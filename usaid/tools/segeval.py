@@ -24,8 +24,6 @@ tables). With ``--baseline NAME`` (a model, or ``noisy``), every other method is
 (:mod:`usaid.statistics`) in ``segeval_paired.csv`` and a section of ``segeval.md``.
 """
 import argparse
-import csv
-import importlib
 import os
 import sys
 from collections import defaultdict
@@ -42,9 +40,9 @@ from tqdm import tqdm
 from usaid.arguments import check_at_least, check_sigma, resolve_device
 from usaid.checkpoint import canonical_state_dict, check_fits
 from usaid.data.data_util import add_protocol_noise
-from usaid.denoiser import load_denoiser, resolve_model
+from usaid.evaluation import check_baseline, import_network, load_denoisers, parse_models, to_8bit, write_csv
 from usaid.errors import CheckpointError, USAIDError
-from usaid.inference import InferenceNetwork, add_inference_arguments, inference_options
+from usaid.inference import add_inference_arguments, inference_options
 from usaid.paths import check_writable
 from usaid.segmentation import IGNORE_INDEX, VOC_CLASSES, confusion_matrix, segmentation_scores
 from usaid.statistics import CONFIDENCE, RESAMPLES, SEED, paired_comparison, paired_fields
@@ -109,13 +107,7 @@ def read_pair(image_path, label_path):
 def build_segnet(name, weights_file=None):
     """The frozen segmentation network, in eval mode."""
     if ':' in name:
-        module, _, attr = name.partition(':')
-        try:
-            net = getattr(importlib.import_module(module), attr)()
-        except (ImportError, AttributeError) as error:
-            raise SegevalError(f'--segnet {name}: cannot be imported ({error}); expected package.module:callable.')
-        if not isinstance(net, torch.nn.Module):
-            raise SegevalError(f'--segnet {name}: returned a {type(net).__name__}; expected an nn.Module.')
+        net = import_network(name, '--segnet')
         if weights_file:
             net.load_state_dict(canonical_state_dict(weights_file, allow_bare=True, net=net))
     elif name in TORCHVISION_SEGNETS:
@@ -131,11 +123,6 @@ def build_segnet(name, weights_file=None):
         raise SegevalError(f'--segnet {name}: expected one of {", ".join(TORCHVISION_SEGNETS)} or '
                            'package.module:callable.')
     return net.eval().requires_grad_(False)
-
-
-def to_8bit(image):
-    """What a saved and reloaded image would be: clipped to [0, 1], rounded to 8 bits."""
-    return (image.clamp(0, 1) * 255).round() / 255
 
 
 def batches_by_size(pairs, batch_size):
@@ -277,15 +264,6 @@ def write_results(results, out_dir, baseline=None):
     return rows
 
 
-def write_csv(rows, path):
-    """``rows`` (dicts) as a CSV with the union of their keys as columns, in order of appearance."""
-    fields = list(dict.fromkeys(key for row in rows for key in row)) or ['method']
-    with open(path, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='usaid-segeval', description=__doc__.splitlines()[0])
     data = parser.add_mutually_exclusive_group(required=True)
@@ -328,22 +306,9 @@ def main(argv=None):
         else:
             pairs = folder_pairs(args.images, args.labels)
         pairs = pairs[:args.limit] if args.limit else pairs
-        specs = {}
-        for entry in args.model:
-            name, sep, spec = entry.partition('=')
-            if not sep or not name or name in ('clean', 'noisy'):
-                raise SegevalError(f'--model {entry!r}: expected NAME=MODEL with a NAME other than clean and noisy.')
-            if name in specs:
-                raise SegevalError(f'--model {entry!r}: a second model named {name!r}, and the results tell models '
-                                   'by their name; expected a distinct NAME for each model.')
-            specs[name] = spec
-        if args.baseline is not None and args.baseline not in ('noisy', *specs):
-            raise SegevalError(f'--baseline {args.baseline}: not one of the methods ({", ".join(["noisy", *specs])}); '
-                               'expected the NAME of a --model, or noisy.')
-        denoisers = {}
-        for name, spec in specs.items():
-            network_opt, weights, _ = resolve_model(spec)
-            denoisers[name] = InferenceNetwork(load_denoiser(weights, network_opt, device), **inference_options(args))
+        specs = parse_models(args.model)
+        check_baseline(args.baseline, specs)
+        denoisers = load_denoisers(specs, device, inference_options(args))
         segnet = build_segnet(args.segnet, args.segnet_weights)
         results = segeval(pairs, denoisers, args.sigma, segnet, device, args.batch_size, args.normalize)
     except (USAIDError, ValueError, CheckpointError, OSError) as error:
