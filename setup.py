@@ -80,6 +80,7 @@ setup(
             'usaid-compare = usaid.tools.compare:main',
             'usaid-segeval = usaid.tools.segeval:main',
             'usaid-export = usaid.tools.export:main',
+            'usaid-taskeval = usaid.tools.taskeval:main',
         ],
     },
 )
