@@ -25,6 +25,7 @@ SITE_PACKAGES = os.path.relpath(_paths['purelib'], _paths['data'])
 EXTRA_SAFETENSORS = ['safetensors>=0.4']
 EXTRA_ONNX = ['onnx>=1.16', 'onnxscript>=0.2', 'onnxruntime>=1.18']  # onnxscript: torch's ONNX exporter needs it
 EXTRA_SPANDREL = ['spandrel>=0.4']
+EXTRA_PERCEPTUAL = ['lpips>=0.1.4']  # LPIPS, the authors' package (ships its linear layers)
 
 setup(
     distclass=_Distribution,
@@ -59,14 +60,15 @@ setup(
         'Pillow',
     ],
     extras_require={
-        # optional: exports (usaid-export) and safetensors checkpoints; training needs none of them
+        # optional: exports (usaid-export), safetensors checkpoints, perceptual metrics; training needs none of them
         'safetensors': EXTRA_SAFETENSORS,
         'onnx': EXTRA_ONNX,
         'spandrel': EXTRA_SPANDREL,
         'export': EXTRA_SAFETENSORS + EXTRA_ONNX + EXTRA_SPANDREL,
+        'perceptual': EXTRA_PERCEPTUAL,
         # the tests also check every export
         'test': ['pytest>=7', 'pytest-timeout', 'ruff==0.17.6', 'jsonschema>=4.18', *EXTRA_SAFETENSORS, *EXTRA_ONNX,
-                 *EXTRA_SPANDREL],
+                 *EXTRA_SPANDREL, *EXTRA_PERCEPTUAL],
     },
     entry_points={
         'console_scripts': [

@@ -8,7 +8,7 @@ from usaid import compat
 
 compat.apply()
 
-from usaid import archs, data, losses, models, options  # noqa: E402,F401  (registration by import)
+from usaid import archs, data, losses, metrics, models, options  # noqa: E402,F401  (registration by import)
 
 options.install()
 

@@ -8,6 +8,7 @@ import torch
 from basicsr.archs import build_network
 
 from tests.conftest import CHECKPOINTS, console_script, run, smooth_image, write_options
+from usaid.errors import CheckpointError
 from usaid.inference import InferenceNetwork
 from usaid.tools import compare as compare_tool
 from usaid.tools.compare import compare
@@ -247,3 +248,37 @@ def test_the_baseline_comparison_is_scipys_on_the_per_image_values(tmp_path):
     assert 'Paired with base' in (out / 'compare.md').read_text()
     with pytest.raises(ValueError, match='--baseline nobody: not one of the models'):
         compare(models, [photos], [25], str(out), niqe='off', baseline='nobody')
+
+
+def test_lpips_is_scored_per_image_lower_is_better_with_local_weights(tmp_path):
+    pytest.importorskip('lpips')
+    import torchvision
+
+    from usaid.metrics.lpips_metric import calculate_lpips
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet().state_dict(), tmp_path / 'alexnet.pth')
+    photos = small_set(tmp_path / 'photos', count=3)
+    models = {name: model_file(tmp_path, name, TINY_USAID, seed) for seed, name in enumerate(('base', 'other'))}
+    out = tmp_path / 'out'
+    rows, _ = compare(models, [photos], [25], str(out), niqe='off', baseline='base', lpips='on',
+                      lpips_weights=str(tmp_path / 'alexnet.pth'))
+    assert {r['metric'] for r in rows} == {'psnr', 'ssim', 'lpips'}
+    with open(out / 'compare_images.csv') as f:
+        images = list(csv.DictReader(f))
+    # one image's value: the network's output recomputed here, scored by the metric on its own
+    row = next(r for r in images if r['model'] == 'base' and r['image'] == 'p1')
+    clean = cv2.imread(str(tmp_path / 'photos' / 'p1.png'))
+    rgb = clean[..., ::-1].astype(np.float32) / 255
+    noisy = rgb + np.random.RandomState(0).normal(0, 25 / 255., rgb.shape)
+    net = build_network(dict(TINY_USAID)).eval()
+    net.load_state_dict(torch.load(tmp_path / 'base.pth', weights_only=True)['params'])
+    with torch.no_grad():
+        out_rgb = net(torch.from_numpy(noisy.astype(np.float32)).permute(2, 0, 1)[None])[0].permute(1, 2, 0).numpy()
+    denoised = (np.clip(out_rgb, 0, 1) * 255).round().astype(np.uint8)[..., ::-1]
+    expected = calculate_lpips(denoised, clean, backbone_weights=str(tmp_path / 'alexnet.pth'))
+    assert float(row['lpips']) == pytest.approx(expected, abs=1e-6)
+    with open(out / 'compare_paired.csv') as f:
+        assert 'lpips' in {r['metric'] for r in csv.DictReader(f)}
+    with pytest.raises(CheckpointError, match='p0.png: cannot be loaded as a PyTorch checkpoint'):
+        compare(models, [photos], [25], str(tmp_path / 'o2'), niqe='off', lpips='on',
+                lpips_weights=str(tmp_path / 'photos' / 'p0.png'))

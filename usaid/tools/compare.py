@@ -38,6 +38,7 @@ matplotlib.use('Agg')  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import torchvision  # noqa: E402
 from basicsr.archs import build_network  # noqa: E402
 from basicsr.data import build_dataloader, build_dataset  # noqa: E402
 from basicsr.models import build_model  # noqa: E402
@@ -52,6 +53,7 @@ from usaid.denoiser import resolve_model  # noqa: E402
 from usaid.errors import USAIDError  # noqa: E402
 from usaid.evaluation import write_csv  # noqa: E402
 from usaid.inference import add_inference_arguments, inference_options  # noqa: E402
+from usaid.metrics.lpips_metric import lpips_network  # noqa: E402
 from usaid.metric_sizes import size_problem  # noqa: E402
 from usaid.options import check_options  # noqa: E402
 from usaid.paths import check_label, file_sha256, relation  # noqa: E402
@@ -61,6 +63,7 @@ METRICS = {
     'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
     'ssim': {'type': 'calculate_ssim', 'crop_border': 0, 'test_y_channel': False},
     'niqe': {'type': 'calculate_niqe', 'crop_border': 0, 'better': 'lower'},
+    'lpips': {'type': 'calculate_lpips', 'crop_border': 0, 'net': 'alex', 'better': 'lower'},  # usaid.metrics
 }
 # BasicSR's NIQE fits a covariance over 96 x 96 blocks: one block gives NaN; two in each direction are enough
 PROTOCOL = {'noise_seed': 0, 'metrics': METRICS, 'version': 2}  # 2: per-image values cached
@@ -155,7 +158,7 @@ def evaluate(name, network_opt, weights, param_key, root, dataset_name, sigma, m
                                 'noise_seed': PROTOCOL['noise_seed']}},
         'network_g': copy.deepcopy(network_opt),
         'path': {'pretrain_network_g': weights, 'strict_load_g': True, 'param_key_g': param_key},
-        'val': {'save_img': save_img, 'suffix': name, 'metrics': copy.deepcopy({m: METRICS[m] for m in metrics}),
+        'val': {'save_img': save_img, 'suffix': name, 'metrics': copy.deepcopy(metrics),
                 'inference': dict(inference or {})},
     }
     check_options(opt, f'--model {name}', is_train=False)
@@ -174,12 +177,31 @@ def evaluate(name, network_opt, weights, param_key, root, dataset_name, sigma, m
     return {'mean': {metric: float(value) for metric, value in model.metric_results.items()}, 'images': images}
 
 
+def lpips_ready(mode, weights):
+    """Whether LPIPS is scored: ``on`` (its network is built now, so that a missing package or missing weights stop
+    the run before it starts, with the message that says what to install or place), ``off``, or ``auto`` (when the
+    ``lpips`` package is installed and the AlexNet weights are at hand, never downloading)."""
+    if mode == 'off':
+        return False
+    if mode == 'auto':
+        try:
+            import lpips  # noqa: F401
+        except ImportError:
+            return False
+        url = torchvision.models.get_model_weights('alexnet').IMAGENET1K_V1.url
+        if not weights and not osp.isfile(osp.join(torch.hub.get_dir(), 'checkpoints', osp.basename(url))):
+            return False
+    lpips_network('alex', weights)
+    return True
+
+
 def compare(models, datasets, sigmas, out_dir, use_cache=True, niqe='auto', crop_sigma=None, inference=None,
-            baseline=None):
+            baseline=None, lpips='auto', lpips_weights=None):
     """Run (or reuse) every job; write the table, CSVs and figures; return the rows of ``compare.csv`` and how many
     jobs came from the cache. ``inference``: keyword arguments of :class:`~usaid.inference.InferenceNetwork`.
     ``baseline``: a model's name, against which every other model is compared image by image
-    (:func:`usaid.statistics.paired_comparison`)."""
+    (:func:`usaid.statistics.paired_comparison`). ``lpips``: ``auto``, ``on`` or ``off`` (:func:`lpips_ready`), with
+    ``lpips_weights`` a local file of torchvision's AlexNet weights."""
     check_jobs(models, datasets, sigmas, out_dir, crop_sigma)
     if baseline is not None and baseline not in models:
         raise ValueError(f'--baseline {baseline}: not one of the models ({", ".join(models)}); expected the NAME of '
@@ -193,11 +215,16 @@ def compare(models, datasets, sigmas, out_dir, use_cache=True, niqe='auto', crop
             network_opt, weights, param_key = resolve_model(spec)
             resolved[name] = (network_opt, param_key, *canonical_checkpoint(name, weights, network_opt, param_key,
                                                                             canonical))
+        with_lpips = lpips_ready(lpips, lpips_weights)
+        metric_options = {m: dict(METRICS[m], **({'backbone_weights': lpips_weights} if m == 'lpips' and lpips_weights
+                                                 else {})) for m in METRICS}
+        weights_key = file_sha256(lpips_weights) if with_lpips and lpips_weights else None
         sets = {}
         for root in datasets:
             key, paths = dataset_key(root)
             metrics = [m for m in ('psnr', 'ssim') if metric_applies(m, paths)]
             metrics += ['niqe'] if niqe == 'on' or (niqe == 'auto' and metric_applies('niqe', paths)) else []
+            metrics += ['lpips'] if with_lpips else []
             left_out = [m for m in ('psnr', 'ssim') if m not in metrics]
             if left_out:
                 tqdm.write(f'usaid-compare: {root}: {", ".join(left_out)} left out: an image is too small for it')
@@ -210,7 +237,8 @@ def compare(models, datasets, sigmas, out_dir, use_cache=True, niqe='auto', crop
             network_opt, param_key, weights_file, weights_hash = resolved[name]
             key, paths, metrics = sets[root]
             cache_key = hashlib.sha256(json.dumps(
-                [weights_hash, network_opt, param_key, key, sigma, metrics, PROTOCOL, inference], sort_keys=True,
+                [weights_hash, network_opt, param_key, key, sigma, metrics, PROTOCOL, inference, weights_key],
+                sort_keys=True,
                 default=str).encode()).hexdigest()
             cache_file = osp.join(out_dir, 'cache', f'{cache_key}.json')
             dataset_name = f'{dataset_label(root)}_sigma{sigma:g}'
@@ -223,8 +251,8 @@ def compare(models, datasets, sigmas, out_dir, use_cache=True, niqe='auto', crop
                     values = json.load(f)
                 reused += 1
             else:
-                values = evaluate(name, network_opt, weights_file, 'params', root, dataset_name, sigma, metrics,
-                                  work_dir, save_img, inference)
+                values = evaluate(name, network_opt, weights_file, 'params', root, dataset_name, sigma,
+                                  {m: metric_options[m] for m in metrics}, work_dir, save_img, inference)
                 with open(cache_file + '.partial', 'w') as f:
                     json.dump(values, f)
                 os.replace(cache_file + '.partial', cache_file)
@@ -359,6 +387,9 @@ def main(argv=None):
     parser.add_argument('-o', '--output', default='results/compare', help='folder for the table, CSV and figures')
     parser.add_argument('--niqe', choices=('auto', 'on', 'off'), default='auto',
                         help='auto: where every image holds two 96 x 96 blocks (e.g. 192 x 96)')
+    parser.add_argument('--lpips', choices=('auto', 'on', 'off'), default='auto', help='LPIPS (AlexNet), lower is '
+                        'better; auto: when the lpips package (the perceptual extra) and the AlexNet weights are here')
+    parser.add_argument('--lpips-weights', help="a local file of torchvision's AlexNet ImageNet weights for LPIPS")
     parser.add_argument('--crop-sigma', type=float, help='the sigma of compare_crops.png (default: the middle one)')
     parser.add_argument('--baseline', metavar='NAME', help='compare every other model with this one image by image: '
                         'mean difference, bootstrap 95%% interval, Wilcoxon p-value (compare_paired.csv)')
@@ -376,7 +407,7 @@ def main(argv=None):
         models[name] = spec
     try:
         rows, reused = compare(models, args.dataset, args.sigma, args.output, args.cache, args.niqe, args.crop_sigma,
-                               inference_options(args), args.baseline)
+                               inference_options(args), args.baseline, args.lpips, args.lpips_weights)
     except (ValueError, OSError, USAIDError) as error:
         sys.exit(f'usaid-compare: {error}')
     with open(osp.join(args.output, 'compare.md')) as f:
