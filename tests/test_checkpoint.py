@@ -13,7 +13,7 @@ from usaid.checkpoint import (canonical_state_dict, check_finite, check_fits, lo
 from usaid.denoiser import load_denoiser, resolve_model
 from usaid.errors import CheckpointError
 from usaid.models.usaid_model import USAIDModel
-from usaid.tools.compare import canonical_checkpoint
+from usaid.comparison import canonical_checkpoint
 
 
 def weights(seed, size=4096):

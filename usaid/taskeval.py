@@ -5,6 +5,7 @@ image, unclipped), is denoised by each model at its own size, clipped and rounde
 classified by a frozen network that never saw noise; ``clean`` and ``noisy`` are evaluated beside the denoisers. The
 scores are top-1 and top-5 accuracy, overall and per class, and each image's own hits (for paired comparisons).
 """
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from os import path as osp
@@ -16,8 +17,9 @@ from torchvision.transforms import v2
 
 from usaid.checkpoint import canonical_state_dict, check_fits
 from usaid.data.data_util import add_protocol_noise
-from usaid.evaluation import import_network, to_8bit
+from usaid.evaluation import import_network, to_8bit, write_csv
 from usaid.image_io import read_image
+from usaid.statistics import CONFIDENCE, RESAMPLES, SEED, paired_comparison, paired_fields
 from usaid.torchvision_weights import IMAGENET_MEAN, IMAGENET_STD, load_torchvision_weights
 
 TOP_K = (1, 5)
@@ -188,3 +190,47 @@ def summary_rows(results, class_names):
                               **{f'top{k}': float(np.mean([r[f'top{k}'] for r in hits])) for k in TOP_K}})
     return overall, per_class
 
+
+def paired_rows(results, baseline):
+    """Each method but ``baseline`` (and clean) against ``baseline``, per sigma and top-k, image by image."""
+    paired = []
+    for (sigma, method), rows in results.items():
+        if sigma is None or method == baseline:
+            continue
+        reference = {row['image']: row for row in results[(sigma, baseline)]}
+        for k in TOP_K:
+            metric = f'top{k}'
+            result = paired_comparison([reference[row['image']][metric] for row in rows],
+                                       [row[metric] for row in rows])
+            paired.append({'sigma': f'{sigma:g}', 'method': method, 'baseline': baseline, 'metric': metric,
+                           **paired_fields(result), 'result': result})
+    return paired
+
+
+def write_results(results, class_names, out_dir, baseline=None):
+    """The CSVs and ``taskeval.md``; returns the overall rows."""
+    os.makedirs(out_dir, exist_ok=True)
+    overall, per_class = summary_rows(results, class_names)
+    write_csv(overall, osp.join(out_dir, 'taskeval.csv'))
+    write_csv(per_class, osp.join(out_dir, 'taskeval_classes.csv'))
+    write_csv([{'sigma': '' if sigma is None else f'{sigma:g}', 'method': method, **row}
+               for (sigma, method), rows in results.items() for row in rows], osp.join(out_dir, 'taskeval_images.csv'))
+    lines = ['| sigma | method | images | top-1 (%) | top-5 (%) |', '|---|---|---|---|---|']
+    lines += [f"| {row['sigma'] or '-'} | {row['method']} | {row['images']} | {100 * row['top1']:.2f} | "
+              f"{100 * row['top5']:.2f} |" for row in overall]
+    if baseline is not None:
+        paired = paired_rows(results, baseline)
+        write_csv([{k: v for k, v in row.items() if k != 'result'} for row in paired],
+                  osp.join(out_dir, 'taskeval_paired.csv'))
+        lines += ['', f'Paired with {baseline}, image by image (a hit is 1, a miss 0): mean difference (method - '
+                  f'{baseline}, in accuracy) with its {CONFIDENCE:.0%} bootstrap interval (BCa, {RESAMPLES} '
+                  f'resamples, seed {SEED}), Wilcoxon signed-rank p-value, verdict.', '',
+                  '| sigma | method | metric | images | difference [95 % CI] | p | verdict |',
+                  '|---|---|---|---|---|---|---|']
+        for row in paired:
+            difference, p_value = row['result'].cells(4)
+            lines.append(f"| {row['sigma']} | {row['method']} | {row['metric']} | {row['images']} | {difference} | "
+                         f"{p_value} | {row['verdict']} |")
+    with open(osp.join(out_dir, 'taskeval.md'), 'w') as f:
+        f.write('\n'.join(lines) + '\n')
+    return overall

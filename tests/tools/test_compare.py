@@ -11,7 +11,7 @@ from tests.conftest import CHECKPOINTS, console_script, run, smooth_image, write
 from usaid.errors import CheckpointError
 from usaid.inference import InferenceNetwork
 from usaid.tools import compare as compare_tool
-from usaid.tools.compare import compare
+from usaid.comparison import compare
 from usaid.tools.convert import convert
 
 TINY_USAID = {'type': 'USAID', 'num_feat': 8, 'num_layers': 3}

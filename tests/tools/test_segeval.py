@@ -16,7 +16,8 @@ from usaid.archs import USAID
 from usaid.errors import CheckpointError
 from usaid.inference import InferenceNetwork
 from usaid.segmentation import VOC_CLASSES, confusion_matrix, segmentation_scores
-from usaid.tools.segeval import SegevalError, build_segnet, main
+from usaid.segeval import SegevalError, build_segnet
+from usaid.tools.segeval import main
 from usaid.torchvision_weights import IMAGENET_MEAN, IMAGENET_STD
 
 VOC_PALETTE = [v for i in range(256) for v in ((i * 37) % 256, (i * 91) % 256, (i * 53) % 256)]

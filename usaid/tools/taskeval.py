@@ -17,7 +17,6 @@ Written to OUT: ``taskeval.csv`` (sigma, method, images, top-1, top-5), ``taskev
 and a section of ``taskeval.md``.
 """
 import argparse
-import os
 import sys
 from os import path as osp
 
@@ -25,56 +24,10 @@ from tqdm import tqdm
 
 from usaid.arguments import check_at_least, check_sigma, resolve_device
 from usaid.errors import CheckpointError, USAIDError
-from usaid.evaluation import check_baseline, load_denoisers, parse_models, write_csv
+from usaid.evaluation import check_baseline, load_denoisers, parse_models
 from usaid.inference import add_inference_arguments, inference_options
 from usaid.paths import check_writable
-from usaid.statistics import CONFIDENCE, RESAMPLES, SEED, paired_comparison, paired_fields
-from usaid.taskeval import TOP_K, build_classifier, image_folder_items, list_file_items, summary_rows, taskeval
-
-
-def paired_rows(results, baseline):
-    """Each method but ``baseline`` (and clean) against ``baseline``, per sigma and top-k, image by image."""
-    paired = []
-    for (sigma, method), rows in results.items():
-        if sigma is None or method == baseline:
-            continue
-        reference = {row['image']: row for row in results[(sigma, baseline)]}
-        for k in TOP_K:
-            metric = f'top{k}'
-            result = paired_comparison([reference[row['image']][metric] for row in rows],
-                                       [row[metric] for row in rows])
-            paired.append({'sigma': f'{sigma:g}', 'method': method, 'baseline': baseline, 'metric': metric,
-                           **paired_fields(result), 'result': result})
-    return paired
-
-
-def write_results(results, class_names, out_dir, baseline=None):
-    """The CSVs and ``taskeval.md``; returns the overall rows."""
-    os.makedirs(out_dir, exist_ok=True)
-    overall, per_class = summary_rows(results, class_names)
-    write_csv(overall, osp.join(out_dir, 'taskeval.csv'))
-    write_csv(per_class, osp.join(out_dir, 'taskeval_classes.csv'))
-    write_csv([{'sigma': '' if sigma is None else f'{sigma:g}', 'method': method, **row}
-               for (sigma, method), rows in results.items() for row in rows], osp.join(out_dir, 'taskeval_images.csv'))
-    lines = ['| sigma | method | images | top-1 (%) | top-5 (%) |', '|---|---|---|---|---|']
-    lines += [f"| {row['sigma'] or '-'} | {row['method']} | {row['images']} | {100 * row['top1']:.2f} | "
-              f"{100 * row['top5']:.2f} |" for row in overall]
-    if baseline is not None:
-        paired = paired_rows(results, baseline)
-        write_csv([{k: v for k, v in row.items() if k != 'result'} for row in paired],
-                  osp.join(out_dir, 'taskeval_paired.csv'))
-        lines += ['', f'Paired with {baseline}, image by image (a hit is 1, a miss 0): mean difference (method - '
-                  f'{baseline}, in accuracy) with its {CONFIDENCE:.0%} bootstrap interval (BCa, {RESAMPLES} '
-                  f'resamples, seed {SEED}), Wilcoxon signed-rank p-value, verdict.', '',
-                  '| sigma | method | metric | images | difference [95 % CI] | p | verdict |',
-                  '|---|---|---|---|---|---|---|']
-        for row in paired:
-            difference, p_value = row['result'].cells(4)
-            lines.append(f"| {row['sigma']} | {row['method']} | {row['metric']} | {row['images']} | {difference} | "
-                         f"{p_value} | {row['verdict']} |")
-    with open(osp.join(out_dir, 'taskeval.md'), 'w') as f:
-        f.write('\n'.join(lines) + '\n')
-    return overall
+from usaid.taskeval import build_classifier, image_folder_items, list_file_items, taskeval, write_results
 
 
 def main(argv=None):
