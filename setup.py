@@ -83,6 +83,7 @@ setup(
             'usaid-segeval = usaid.tools.segeval:main',
             'usaid-export = usaid.tools.export:main',
             'usaid-taskeval = usaid.tools.taskeval:main',
+            'usaid-reproduce = usaid.tools.reproduce:main',
         ],
     },
 )

@@ -1,0 +1,72 @@
+"""usaid-reproduce on small synthetic data: every experiment whose data is there is run and reported, the others are
+listed with how to get them, and a rerun reuses what did not change."""
+import cv2
+import numpy as np
+import torch
+from PIL import Image
+
+from tests.conftest import smooth_image, write_options
+from usaid.archs import USAID
+from usaid.tools.reproduce import main
+
+TINY = {'type': 'USAID', 'num_feat': 8, 'num_layers': 3}
+
+
+def tiny_model(tmp_path, name, seed):
+    torch.manual_seed(seed)
+    torch.save({'params': USAID(num_feat=8, num_layers=3).state_dict()}, tmp_path / f'{name}.pth')
+    return str(write_options({'network_g': TINY, 'path': {'pretrain_network_g': str(tmp_path / f'{name}.pth')}},
+                             tmp_path / f'{name}.yml'))
+
+
+def synthetic_data(tmp_path):
+    rng = np.random.default_rng(0)
+    (tmp_path / 'testsets' / 'Kodak24').mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / 'testsets' / 'Kodak24' / f'k{i}.png'), smooth_image(rng, 40, 48))
+    voc = tmp_path / 'VOC2012'
+    for folder in ('JPEGImages', 'SegmentationClass', 'ImageSets/Segmentation'):
+        (voc / folder).mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(smooth_image(rng, 36, 44)).save(voc / 'JPEGImages' / f'{i}.jpg', quality=95)
+        label = np.zeros((36, 44), np.uint8)
+        label[:, 22:] = 15
+        Image.fromarray(label).save(voc / 'SegmentationClass' / f'{i}.png')
+    (voc / 'ImageSets' / 'Segmentation' / 'val.txt').write_text('0\n1\n2\n')
+    for c in range(7):
+        (tmp_path / 'imagenet' / f'class{c}').mkdir(parents=True)
+        cv2.imwrite(str(tmp_path / 'imagenet' / f'class{c}' / 'a.png'), smooth_image(rng, 32, 40))
+    return tmp_path / 'testsets', voc, tmp_path / 'imagenet'
+
+
+def test_all_three_experiments_one_report_and_a_rerun_reuses_them(tmp_path, capsys):
+    testsets, voc, imagenet = synthetic_data(tmp_path)
+    arguments = ['-o', str(tmp_path / 'out'), '--testsets', str(testsets), '--voc', str(voc), '--imagenet',
+                 str(imagenet), '-m', f'base={tiny_model(tmp_path, "base", 0)}', '-m',
+                 f'other={tiny_model(tmp_path, "other", 1)}', '--baseline', 'base', '-s', '25', '--segnet',
+                 'tests.tools.test_segeval:TinySegNet', '--classifier', 'tests.tools.test_taskeval:TinyClassifier']
+    main(arguments)
+    first = capsys.readouterr().out
+    assert 'ran segmentation: run' in first and 'ran classification: run' in first
+    report = (tmp_path / 'out' / 'report.md').read_text()
+    for part in ('## Denoising', 'Paired with base', '## Segmentation after denoising', 'class_iou.png',
+                 '## Classification after denoising', 'denoising: CBSD68, McMaster, Urban100: not in'):
+        assert part in report, part
+    assert (tmp_path / 'out' / 'segmentation' / 'class_iou.png').stat().st_size > 0
+    assert (tmp_path / 'out' / 'denoising' / 'compare_paired.csv').exists()
+    main(arguments)
+    again = capsys.readouterr().out
+    assert 'ran segmentation: reused' in again and 'ran classification: reused' in again
+    assert '2 job(s) reused from the cache' in again
+    # a changed model runs again
+    tiny_model(tmp_path, 'other', 2)
+    main(arguments)
+    assert 'ran segmentation: run' in capsys.readouterr().out
+
+
+def test_without_data_the_report_says_what_to_get(tmp_path, capsys):
+    main(['-o', str(tmp_path / 'out'), '--testsets', str(tmp_path / 'none')])
+    report = (tmp_path / 'out' / 'report.md').read_text()
+    assert 'nothing: no data was found' in report
+    assert 'datasets/README.md' in report and 'http://host.robots.ox.ac.uk/pascal/VOC/voc2012/' in report
+    assert 'image-net.org' in report
