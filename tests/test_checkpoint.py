@@ -226,3 +226,26 @@ def test_each_checkpoint_file_is_read_once(tmp_path, torch_loads):
     _, weights, param_key = resolve_model(path)
     canonical, _ = canonical_checkpoint('m', weights, network_opt, param_key, str(tmp_path))
     assert len(torch_loads) == 1 and same(load_checkpoint(canonical)['params'], tiny_state(1))  # EMA, as BasicSR
+
+
+def test_without_replace_a_file_another_process_made_meanwhile_is_kept(tmp_path):
+    from usaid.checkpoint import write_atomically
+    path = tmp_path / 'export.onnx'
+
+    def write_while_another_process_creates_it(f):
+        f.write(b'mine')
+        path.write_bytes(b'theirs')
+    with pytest.raises(CheckpointError, match='was created by another process while this one wrote it'):
+        write_atomically(str(path), write_while_another_process_creates_it, replace=False)
+    assert path.read_bytes() == b'theirs' and os.listdir(tmp_path) == ['export.onnx']
+
+
+def test_an_interrupted_write_leaves_no_temporary_file(tmp_path):
+    from usaid.checkpoint import write_atomically
+
+    def interrupted(f):
+        f.write(b'half')
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(str(tmp_path / 'x.pth'), interrupted)
+    assert os.listdir(tmp_path) == []

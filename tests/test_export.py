@@ -191,6 +191,8 @@ def test_every_registered_architecture_exports_or_is_refused_with_a_reason(name,
         assert torch.allclose(found.clamp(0, 1), expected.clamp(0, 1), atol=1e-3), extension
         outcomes[extension] = 'exported'
     if name in MUST_RESTORE:
-        assert outcomes['.safetensors'] == outcomes['.onnx'] == 'exported', outcomes
+        assert outcomes['.safetensors'] == 'exported', outcomes
+    if name in MUST_RESTORE - {'SwinIR'}:  # convolutional restorers: the ONNX exporter keeps every size dynamic
+        assert outcomes['.onnx'] == 'exported', outcomes
     if name in ('USAID', 'EDSR', 'RCAN', 'RIDNet'):  # plain convolutional restorers: torch.export takes them
         assert outcomes['.pt2'] == 'exported', outcomes

@@ -8,9 +8,11 @@ file is (BasicSR's ``params``/``params_ema``, the authors' released state dicts,
 one place, :func:`canonical_state_dict`, which every loader calls.
 """
 import contextlib
+import errno
 import io
 import json
 import os
+import tempfile
 from os import path as osp
 
 import torch
@@ -23,28 +25,51 @@ SAFETENSORS_LAYOUT = 'basicsr'  # the metadata 'format' of the safetensors files
 
 
 def save_atomically(obj, path):
-    """``torch.save(obj)`` to ``path`` by :func:`write_atomically`."""
-    write_atomically(path, lambda f: torch.save(obj, f))
+    """``torch.save(obj)`` to ``path`` by :func:`write_atomically` (a training's checkpoints and states)."""
+    write_atomically(path, lambda f: torch.save(obj, f), then='resume with --auto_resume')
 
 
-def write_atomically(path, write):
-    """Call ``write(f)`` on a hidden temporary file in the folder of ``path``, flush it to disk and rename it over
-    ``path``: a reader sees the old file or the new one, never a partial one. If the write fails (disk full, quota,
-    I/O error) the temporary file is removed, ``path`` is left as it was, and :class:`CheckpointError` says why."""
-    folder, name = osp.split(path)
-    partial = osp.join(folder, f'.{name}.partial')
+def write_atomically(path, write, replace=True, then='run again'):
+    """Call ``write(f)`` on a new hidden temporary file in the folder of ``path``, flush it to disk and rename it to
+    ``path``: a reader sees the old file or the new one, never a partial one. The temporary file is made exclusively
+    under a name nobody else has (``tempfile.mkstemp``), so a file or link planted beside ``path`` is never written
+    through. With ``replace`` False an existing ``path`` is never replaced, not even one made by another process
+    while this one wrote (the file is linked into place, which fails if the name exists). If anything fails (disk
+    full, quota, I/O error, the name taken) the temporary file is removed, ``path`` is left as it was, and
+    :class:`CheckpointError` says why and what to do (``then``)."""
+    folder, name = osp.split(osp.abspath(path))
+    descriptor, partial = tempfile.mkstemp(prefix=f'.{name}.', suffix='.partial', dir=folder)
     try:
-        with open(partial, 'wb') as f:
+        os.fchmod(descriptor, 0o666 & ~_umask())  # mkstemp makes it private; a checkpoint gets open()'s usual mode
+        with os.fdopen(descriptor, 'wb') as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(partial, path)
-    except (OSError, RuntimeError) as error:  # torch reports a failed write of its zip writer as RuntimeError
+        if replace:
+            os.replace(partial, path)
+        else:
+            os.link(partial, path)  # atomic and never replaces: FileExistsError if the name was taken meanwhile
+            os.remove(partial)
+    except BaseException as error:  # Ctrl-C too: no temporary file is left behind
         with contextlib.suppress(OSError):
             os.remove(partial)
-        kept = 'the previous file is kept' if osp.exists(path) else 'nothing was written'
+        if not isinstance(error, (OSError, RuntimeError)):  # torch reports a failed zip write as RuntimeError
+            raise
+        kept = 'the previous file is kept' if osp.lexists(path) else 'nothing was written'
+        if isinstance(error, FileExistsError):
+            raise CheckpointError(f'{path}: was created by another process while this one wrote it; it is kept as '
+                                  'it is and nothing was written. Choose another name, or replace it on '
+                                  'purpose.') from None
+        full = getattr(error, 'errno', None) in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        advice = 'Free disk space' if full else 'Fix the cause'
         raise CheckpointError(f'{path}: could not be written ({getattr(error, "strerror", None) or error}); {kept}. '
-                              'Free disk space (or fix the folder) and resume with --auto_resume.') from error
+                              f'{advice} and {then}.') from error
+
+
+def _umask():
+    mask = os.umask(0)  # reading the mask means setting it
+    os.umask(mask)
+    return mask
 
 
 def safetensors_bytes(states, network_opt=None):

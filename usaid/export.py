@@ -19,11 +19,15 @@ will run them (spandrel, onnxruntime, ``torch.export.load``, this package's load
 noisy images, and compared with the source network; an export that computes something else is refused, and the file
 is written atomically (:func:`usaid.checkpoint.write_atomically`).
 """
+import contextlib
 import copy
 import inspect
 import io
+import logging
 import math
 import os
+import re
+import warnings
 from dataclasses import dataclass, field
 from os import path as osp
 
@@ -39,6 +43,7 @@ from usaid.denoiser import resolve_model
 from usaid.extras import require
 from usaid.network_probe import PROBE_SIZE, size_multiple
 from usaid.paths import check_writable
+from usaid.released import RELEASED
 
 
 @dataclass(frozen=True)
@@ -61,9 +66,12 @@ FORMATS = {
 DEFAULT_FORMAT = {'.pth': 'spandrel', '.pt': 'spandrel', '.onnx': 'onnx', '.safetensors': 'safetensors',
                   '.pt2': 'pt2'}
 # The least agreement (PSNR of the exported network's output against the source's, in dB) an export must reach to be
-# written: float32 rounding gives 100 dB or more, float16 about 70 dB; a wrong layout or a lost BatchNorm gives 20-40.
-MIN_AGREEMENT_DB = {'fp32': 60.0, 'fp16': 45.0}
-PROBE_BATCHES = ((1, 64, 96), (2, PROBE_SIZE[0], PROBE_SIZE[1] + 30))  # (batch, height, width): two sizes, one odd
+# written: float32 rounding gives 110 dB or more (max differences near 1e-6), float16 about 70 dB; a wrong layout or a
+# lost BatchNorm gives 20-40, a batch size fixed inside a SwinIR 60-80.
+MIN_AGREEMENT_DB = {'fp32': 90.0, 'fp16': 45.0}
+# (batch, height, width): two sizes, one odd, and batch sizes other than the exporters' example's (2): an export that
+# fixed the batch size somewhere inside (BasicSR's SwinIR divides by it) is caught
+PROBE_BATCHES = ((1, 64, 96), (3, PROBE_SIZE[0], PROBE_SIZE[1] + 30))
 PROBE_SIGMA = 25 / 255
 CHANNEL_KEYS = ('num_in_ch', 'in_chans', 'in_channels')  # how BasicSR's architectures name their input channels
 # spandrel detects KAIR's DnCNN by the weights of its first 8 convolutions (model.0 to model.14)
@@ -240,16 +248,22 @@ def export_onnx(source, module, multiple, output, fp16=False, opset=None):
     dtype = torch.float16 if fp16 else torch.float32
     module = copy.deepcopy(module).to(dtype)  # a copy: the program reads the module's tensors when it is saved
     try:
-        program = torch.onnx.export(module, (example.to(dtype),), dynamo=True, verbose=False, opset_version=opset,
-                                    input_names=['input'], output_names=['output'], dynamic_shapes=(dims,))
+        with quiet_exporter():
+            program = torch.onnx.export(module, (example.to(dtype),), dynamo=True, verbose=False, opset_version=opset,
+                                        input_names=['input'], output_names=['output'], dynamic_shapes=(dims,))
     except Exception as error:  # noqa: BLE001  (the exporter wraps many failure types)
-        raise ValueError(f'{source.spec}: torch.onnx.export cannot export {type(source.net).__name__} '
-                         f'({str(error).strip().splitlines()[0]}).') from None
+        raise ValueError(f'{source.spec}: torch.onnx.export cannot export {type(source.net).__name__}'
+                         f'{" in float16" if fp16 else ""} ({first_line(error)}); use --format pt2 or safetensors'
+                         f'{", or float32" if fp16 else ""} instead.') from None
     buffer = io.BytesIO()
     program.save(buffer)
     content = buffer.getvalue()
     session = onnxruntime.InferenceSession(content, providers=['CPUExecutionProvider'])
     opset_found = next(o.version for o in onnx.load_from_string(content).opset_import if o.domain in ('', 'ai.onnx'))
+    if opset is not None and opset_found != opset:  # torch keeps its own when it cannot convert, and only logs it
+        raise ValueError(f'--opset {opset}: torch\'s exporter cannot write this network in opset {opset} (it wrote '
+                         f'opset {opset_found}); expected an opset it writes (18 and above) or converts to (17 '
+                         'here), or no --opset.')
 
     def run(batch):
         return torch.from_numpy(session.run(None, {'input': batch.to(dtype).numpy()})[0]).float()
@@ -278,13 +292,38 @@ def export_pt2(source, module, multiple, output):
         program = torch.export.export(module, (example,), dynamic_shapes=(dims,))
     except Exception as error:  # noqa: BLE001
         raise ValueError(f'{source.spec}: torch.export cannot export {type(source.net).__name__} with a dynamic '
-                         f'batch, height and width ({str(error).strip().splitlines()[0]}); use --format onnx or '
+                         f'batch, height and width ({first_line(error)}); use --format onnx or '
                          'safetensors instead.') from None
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
     loaded = torch.export.load(io.BytesIO(buffer.getvalue())).module()
     return Export(buffer.getvalue(), loaded, f'torch.export program, batch, height and width dynamic'
                   f'{size_note(multiple)}; run it with torch.export.load(path).module()')
+
+
+@contextlib.contextmanager
+def quiet_exporter():
+    """torch's ONNX exporter and onnxscript log their progress, fallbacks and caught tracebacks to stderr; the tool
+    reports the outcome itself (what was written, or one message)."""
+    loggers = [logging.getLogger(name) for name in ('torch.onnx', 'torch.export', 'onnxscript', 'onnx_ir')]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter('ignore')
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def first_line(error):
+    """The first line of an exporter's error that says something (its messages start with log lines, colour codes
+    and blank lines)."""
+    text = re.sub(r'\x1b\[[0-9;]*m', '', str(error))
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith('[')]
+    return lines[0] if lines else type(error).__name__
 
 
 def size_note(multiple):
@@ -306,13 +345,17 @@ def check_output(output, format_name, source_path=None, overwrite=False):
     if format_name not in FORMATS:
         raise ValueError(f'--format {format_name}: expected one of {", ".join(FORMATS)}.')
     if extension not in FORMATS[format_name].extensions:
-        raise ValueError(f'OUTPUT {output}: a {format_name} export is a {" or ".join(FORMATS[format_name].extensions)}'
-                         f' file; expected one of these extensions.')
+        raise ValueError(f'OUTPUT {output}: the {format_name} format writes '
+                         f'{" or ".join(FORMATS[format_name].extensions)} files; expected one of these extensions.')
     if osp.isdir(output):
         raise ValueError(f'OUTPUT {output}: is a folder; expected a file name.')
     if source_path and osp.exists(output) and osp.samefile(output, source_path):
         raise ValueError(f'OUTPUT {output}: is the source checkpoint; an export never replaces the file it is made '
                          'from (even with --force).')
+    if any(osp.exists(output) and osp.exists(model.cached_path) and osp.samefile(output, model.cached_path)
+           for model in RELEASED.values()):
+        raise ValueError(f'OUTPUT {output}: is a released model\'s file in torch\'s hub cache, which is checked by its '
+                         'SHA-256 and removed when it differs; expected another name (even with --force).')
     if osp.lexists(output) and not overwrite:
         raise ValueError(f'OUTPUT {output}: exists; expected a new file name, or --force to replace it.')
     check_writable(output, 'OUTPUT')
@@ -364,11 +407,13 @@ def export(spec, output, format_name=None, network_opt=None, param_key=None, fp1
             differences.append((tuple(batch.shape), max_diff, psnr))
     worst = min(psnr for _, _, psnr in differences)
     if worst < MIN_AGREEMENT_DB[made.precision]:
+        others = ', '.join(f for f in FORMATS if f != format_name)
         raise ValueError(f'{source.spec}: the {format_name} export computes something else than the source network '
                          f'(PSNR {worst:.1f} dB against it on the probe images, expected at least '
-                         f'{MIN_AGREEMENT_DB[made.precision]:.0f} dB); nothing was written.')
+                         f'{MIN_AGREEMENT_DB[made.precision]:.0f} dB: more than float rounding); nothing was written. '
+                         f'Use another --format instead ({others}).')
     os.makedirs(osp.dirname(osp.abspath(output)), exist_ok=True)
-    write_atomically(output, lambda f: f.write(made.content))
+    write_atomically(output, lambda f: f.write(made.content), replace=overwrite, then='run usaid-export again')
     key = f' [{source.param_key}]' if source.param_key else ''
     return ExportReport(output, format_name, len(made.content), made.details,
                         f'{type(source.net).__name__} ({sum(p.numel() for p in source.net.parameters()):,} '

@@ -35,7 +35,7 @@ def test_a_missing_extra_is_named_before_anything_is_loaded(tmp_path, monkeypatc
 
 @pytest.mark.parametrize('args, parts', [
     (['usaid', 'out.png'], ['the extension .png names no format', '--format']),
-    (['usaid', 'out.onnx', '--format', 'pt2'], ['a pt2 export is a .pt2 file']),
+    (['usaid', 'out.onnx', '--format', 'pt2'], ['the pt2 format writes .pt2 files']),
     (['usaid', 'out.pt2', '--fp16'], ['--fp16: applies to --format onnx only']),
     (['usaid', 'out.pth', '--opset', '17'], ['--opset: applies to --format onnx only']),
     (['usaid', 'out.pt2', '--param-key', 'params_ema'], ['--param-key params_ema', 'has no such entry']),
@@ -82,3 +82,27 @@ def test_a_bare_checkpoint_of_another_network_takes_its_options_from_opt(tmp_pat
     result = cli('usaid-export', weights, 'small.pt2', '-opt', 'net.yml', cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert 'USAID (' in result.stdout and 'identical' in result.stdout
+
+
+def test_a_link_planted_beside_the_output_is_never_written_through(seeded, tmp_path):
+    victim = tmp_path / 'victim.txt'
+    victim.write_text('mine')
+    (tmp_path / 'work').mkdir()
+    (tmp_path / 'work' / '.out.pt2.partial').symlink_to(victim)  # the name a fixed temporary file would have
+    result = cli('usaid-export', 'usaid', 'out.pt2', cwd=tmp_path / 'work')
+    assert result.returncode == 0, result.stderr
+    assert victim.read_text() == 'mine' and (tmp_path / 'work' / 'out.pt2').stat().st_size > 1_000_000
+
+
+def test_the_hub_caches_released_files_are_never_an_output(seeded, tmp_path):
+    before = (seeded / 'SSAID.pth').read_bytes()
+    assert_one_message(cli('usaid-export', 'usaid', seeded / 'SSAID.pth', '--force', cwd=tmp_path), 'usaid-export',
+                       "is a released model's file in torch's hub cache")
+    assert (seeded / 'SSAID.pth').read_bytes() == before
+
+
+def test_an_opset_the_exporter_cannot_write_is_refused(seeded, tmp_path):
+    (tmp_path / 'work').mkdir()
+    assert_one_message(cli('usaid-export', 'usaid', 'old.onnx', '--opset', '7', cwd=tmp_path / 'work'),
+                       'usaid-export', '--opset 7: torch\'s exporter cannot write this network in opset 7')
+    assert list((tmp_path / 'work').iterdir()) == []

@@ -36,6 +36,8 @@ def main(argv=None):
                         args.force)
     except (ValueError, OSError, CheckpointError, MissingExtraError) as error:
         sys.exit(f'usaid-export: {error}')
+    except KeyboardInterrupt:
+        sys.exit('usaid-export: interrupted; nothing was written.')
     print(report)
 
 
