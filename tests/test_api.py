@@ -245,3 +245,41 @@ def test_a_folder_where_a_released_file_belongs_is_named(no_cache):
                                                         'expected the file USAID.pth there')):
         usaid.load_denoiser('usaid', device='cpu')
     assert folder.is_dir()  # someone's folder: left as it is
+
+
+def test_a_module_in_training_mode_is_run_in_eval_mode_and_left_as_it_was(tmp_path):
+    from usaid.denoiser import load_denoiser as load_plain
+    plain = load_plain(str(CHECKPOINTS / 'USAID.pth'), param_key=None)
+    image = kodak_crop(64)
+    with torch.no_grad():
+        expected = plain(torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)[None])
+    expected = (expected[0].clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    plain.train()
+    buffers = {k: v.clone() for k, v in plain.state_dict().items()}
+    found = usaid.denoise(image, plain, tile=0)
+    assert np.array_equal(found, expected)  # eval mode: the running statistics, not the batch's
+    assert plain.training and all(torch.equal(v, buffers[k]) for k, v in plain.state_dict().items())
+
+
+def test_images_of_another_scale_than_their_dtype_warn(net):
+    image = kodak_crop(32)
+    with pytest.warns(UserWarning, match='float values up to [0-9]+; expected'):
+        usaid.denoise(image.astype(np.float32), net)
+    with pytest.warns(UserWarning, match='uint16 values up to .*, which fit 8 bits'):
+        usaid.denoise(image.astype(np.uint16), net)
+    noisy = np.clip(image / 255 + np.random.default_rng(0).normal(0, 50 / 255, image.shape), -0.5, 1.9)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # a noisy [0, 1] image, even at sigma 50, is no mistake
+        usaid.denoise(noisy.astype(np.float32), net)
+
+
+def test_paths_are_taken_as_strings_and_overlap_none_is_refused(net):
+    assert isinstance(usaid.load_denoiser(CHECKPOINTS / 'USAID.pth', device='cpu'), torch.nn.Module)
+    with pytest.raises(ValueError, match='overlap: found None; expected an integer'):
+        usaid.denoise(kodak_crop(32), net, overlap=None)
+
+
+def test_a_network_type_no_registry_holds_is_one_message(tmp_path):
+    torch.save({'params': {}}, tmp_path / 'w.pth')
+    with pytest.raises(ValueError, match="network_g {'type': 'NoSuchNet'} cannot be built .*NoSuchNet"):
+        usaid.load_denoiser(str(tmp_path / 'w.pth'), network_opt={'type': 'NoSuchNet'}, device='cpu')

@@ -249,3 +249,21 @@ def test_an_interrupted_write_leaves_no_temporary_file(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         write_atomically(str(tmp_path / 'x.pth'), interrupted)
     assert os.listdir(tmp_path) == []
+
+
+def test_exports_given_as_checkpoints_say_what_to_give_instead(tmp_path):
+    for name, kind in (('model.onnx', 'an ONNX model'), ('model.pt2', 'a torch.export program')):
+        (tmp_path / name).write_bytes(b'PK\x03\x04 not a checkpoint')
+        with pytest.raises(CheckpointError, match=f'{name}: is {kind} .*expected the checkpoint it was exported from'):
+            load_checkpoint(str(tmp_path / name))
+    kair = {f'model.{i}.{p}': torch.zeros(1) for i in (0, 2) for p in ('weight', 'bias')}
+    with pytest.raises(CheckpointError, match="KAIR's DnCNN layout .*give the checkpoint it was exported from"):
+        check_fits(USAID(num_feat=8, num_layers=3), kair, 'spandrel.pth')
+
+
+def test_a_safetensors_header_length_beyond_the_file_is_named(tmp_path):
+    path = tmp_path / 'huge.safetensors'
+    path.write_bytes((2 ** 62).to_bytes(8, 'little') + b'{"a": 1}')
+    assert stored_network_options(str(path)) is None
+    with pytest.raises(CheckpointError, match='huge.safetensors: cannot be loaded as a safetensors file'):
+        load_checkpoint(str(path))

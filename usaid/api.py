@@ -9,6 +9,8 @@ InferenceNetwork`) and tiling (:func:`usaid.denoiser.denoise`) as ``usaid-denois
 functions and :func:`as_image` around image files.
 """
 import numbers
+import os
+import warnings
 
 import cv2
 import numpy as np
@@ -21,6 +23,8 @@ from usaid.inference import InferenceNetwork
 from usaid.released import is_released_name
 
 _INTEGER_TYPES = (np.uint8, np.uint16)
+# a noisy [0, 1] image reaches about 1 + 4 sigma (1.8 at sigma 50); a 0-255 image almost always exceeds this
+FLOAT_SCALE_LIMIT = 4.0
 
 
 def best_device():
@@ -32,8 +36,8 @@ def load_denoiser(model='usaid', device=None, network_opt=None, param_key=None, 
     """A denoiser ready for :func:`denoise`: eval mode, no gradients, on ``device`` (default: :func:`best_device`).
 
     Args:
-        model (str): A released model's name (``usaid``, ``ssaid``, ``cdncnn-b``), a checkpoint, an option file or an
-            experiment folder (as the tools take them).
+        model (str | os.PathLike): A released model's name (``usaid``, ``ssaid``, ``cdncnn-b``), a checkpoint, an
+            option file or an experiment folder (as the tools take them).
         device (str | torch.device, optional): Where to run it: ``cpu``, ``cuda``, ``cuda:1``, ... (one this machine
             has).
         network_opt (dict, optional): ``network_g`` options of the checkpoint's network, with its ``type`` (default:
@@ -43,6 +47,7 @@ def load_denoiser(model='usaid', device=None, network_opt=None, param_key=None, 
             else BasicSR's rule, ``params_ema`` if stored, else ``params``). The released models have no entries.
         **inference: Options of :class:`~usaid.inference.InferenceNetwork` (``precision``, ``conv_algo``, ...).
     """
+    model = os.fspath(model) if isinstance(model, os.PathLike) else model
     device = best_device() if device is None else torch.device(resolve_device(device, 'device'))
     if param_key is not None and is_released_name(model):
         raise ValueError(f'param_key {param_key!r}: {model} is a released model, whose file is a bare state dict '
@@ -63,7 +68,8 @@ def denoise(image, model='usaid', tile=512, overlap=32):
     Args:
         image (np.ndarray): H x W x 3 RGB (or H x W gray, or H x W x 4 RGBA: alpha is kept as it is), uint8, uint16,
             or float in [0, 1] (a noisy float image may exceed it; the result is clipped to [0, 1]).
-        model (nn.Module | str): A denoiser from :func:`load_denoiser`, or what it takes (loaded each call).
+        model (nn.Module | str | os.PathLike): A denoiser from :func:`load_denoiser`, or what it takes (loaded each
+            call). A module in training mode is run in eval mode (BatchNorm's running statistics) and left as it was.
         tile (int | None): Tile size in pixels, so that memory stays bounded for large images; None or 0 for the
             whole image at once. The result equals the untiled one up to float rounding.
         overlap (int): Context pixels around each tile; a ``UserWarning`` says when it is below the network's
@@ -78,10 +84,12 @@ def denoise(image, model='usaid', tile=512, overlap=32):
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         raise ValueError(f'image: {np.size(array) - np.isfinite(array).sum()} values are NaN or infinite; expected '
                          'finite values (one spreads over the network\'s receptive field, 41 x 41 pixels for U-SAID).')
-    for name, value in (('tile', tile), ('overlap', overlap)):
-        if value is not None and not (isinstance(value, numbers.Integral) and not isinstance(value, bool)):
+    for name, value, optional in (('tile', tile, True), ('overlap', overlap, False)):
+        if (value is not None or not optional) and not (isinstance(value, numbers.Integral)
+                                                        and not isinstance(value, bool)):
             raise ValueError(f'{name}: found {value!r}; expected an integer number of pixels.')
-    if isinstance(model, str):
+    warn_about_scale(array)
+    if isinstance(model, (str, os.PathLike)):
         model = load_denoiser(model)
     if not (isinstance(model, nn.Module) and any(True for _ in model.parameters())):
         raise ValueError(f'model: found {type(model).__name__}; expected a denoiser from usaid.load_denoiser, or a '
@@ -92,9 +100,28 @@ def denoise(image, model='usaid', tile=512, overlap=32):
     if array.dtype in _INTEGER_TYPES:
         rgb /= np.iinfo(array.dtype).max  # in place: the conversion above made a new array
     device = getattr(net, 'device', None) or next(net.parameters()).device
-    result = denoiser.denoise(net, torch.from_numpy(rgb).permute(2, 0, 1)[None], tile or None, overlap, device)
+    training = net.training  # a module in training mode would denoise with batch statistics and update them
+    try:
+        net.eval()
+        result = denoiser.denoise(net, torch.from_numpy(rgb).permute(2, 0, 1)[None], tile or None, overlap, device)
+    finally:
+        net.train(training)
     alpha = array[..., 3] if array.ndim == 3 and array.shape[2] == 4 else None
     return as_image(result[0].permute(1, 2, 0).numpy(), array.dtype, array.ndim == 2, alpha)
+
+
+def warn_about_scale(array):
+    """A ``UserWarning`` for values that look like another scale than the dtype's: a float image in 0-255 (it would
+    come back as white), 8-bit values in a uint16 array (they would be denoised as a nearly black image)."""
+    if array.size == 0:
+        return
+    top = float(array.max())
+    if np.issubdtype(array.dtype, np.floating) and top > FLOAT_SCALE_LIMIT:
+        warnings.warn(f'image: float values up to {top:g}; expected [0, 1] (a noisy image slightly beyond): divide a '
+                      '0-255 image by 255 first, or pass it as uint8.', stacklevel=3)
+    elif array.dtype == np.uint16 and top <= 255:
+        warnings.warn(f'image: uint16 values up to {top:g}, which fit 8 bits; expected 16-bit values (0-65535): '
+                      'pass an 8-bit image as uint8.', stacklevel=3)
 
 
 def as_image(rgb, dtype, gray=False, alpha=None):

@@ -12,6 +12,7 @@ import errno
 import io
 import json
 import os
+import re
 import tempfile
 from os import path as osp
 
@@ -21,6 +22,7 @@ from usaid.errors import CheckpointError
 from usaid.extras import require
 
 _LISTED = 5  # keys quoted in a message
+EXPORT_KINDS = {'.onnx': 'an ONNX model', '.pt2': 'a torch.export program'}  # refused with what to give instead
 SAFETENSORS_LAYOUT = 'basicsr'  # the metadata 'format' of the safetensors files written here
 
 
@@ -115,8 +117,11 @@ def stored_network_options(path):
             head = f.read(10)
             if not _is_safetensors(head):
                 return None
+            length = int.from_bytes(head[:8], 'little')
+            if length > os.fstat(f.fileno()).st_size:  # a damaged length: load_checkpoint names the file
+                return None
             f.seek(0)
-            metadata = _safetensors_metadata(path, f.read(8 + int.from_bytes(head[:8], 'little')))
+            metadata = _safetensors_metadata(path, f.read(8 + length))
     except OSError:  # missing, a folder, unreadable: load_checkpoint says so when the weights are loaded
         return None
     try:
@@ -130,7 +135,7 @@ def _safetensors_metadata(path, content):
     JSON)."""
     try:
         header = json.loads(content[8:8 + int.from_bytes(content[:8], 'little')])
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, OverflowError, ValueError) as error:
         raise CheckpointError(f'{path}: cannot be loaded as a safetensors file (its header: {error}).') from None
     metadata = header.get('__metadata__') if isinstance(header, dict) else None
     return metadata if isinstance(metadata, dict) else {}
@@ -155,6 +160,11 @@ def load_checkpoint(path, content=None):
         raise CheckpointError(f'{path}: is a folder; expected a checkpoint file.') from None
     if _is_safetensors(content[:10]):
         return _load_safetensors(path, content)
+    export = EXPORT_KINDS.get(osp.splitext(str(path))[1].lower())
+    if export:
+        raise CheckpointError(f'{path}: is {export} (usaid-export writes them for other programs), not a checkpoint; '
+                              'expected the checkpoint it was exported from (.pth, or a --format safetensors export). '
+                              'Running exports: docs/export.md.')
     try:
         return torch.load(io.BytesIO(content), map_location='cpu', weights_only=True)
     except Exception as error:  # noqa: BLE001  (garbage makes the unpickler raise anything: KeyError, EOFError, ...)
@@ -229,9 +239,12 @@ def check_fits(net, state, path, strict=True):
 
     parts = [f'{len(keys)} {what}: {listed(keys)}' for what, keys in (
         ('missing key(s)', missing), ('unexpected key(s)', unexpected), ('shape mismatch(es)', shapes)) if keys]
+    kair = all(re.fullmatch(r'model\.\d+\.(weight|bias)', k) for k in state)  # usaid-export --format spandrel
+    hint = (' Its keys are KAIR\'s DnCNN layout (a spandrel export of usaid-export, or a KAIR model): give the '
+            'checkpoint it was exported from.') if kair and state else ''
     raise CheckpointError(f'{path}: does not fit the network {type(net).__name__}: ' + '; '.join(parts)
                           + '. Expected a checkpoint of the same architecture and options (compare network_g with '
-                          'the options the checkpoint was trained with).')
+                          f'the options the checkpoint was trained with).{hint}')
 
 
 def check_finite(state, path):

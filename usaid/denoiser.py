@@ -1,6 +1,7 @@
 """Denoisers for the tools: which network and weights a model names, the network loaded from any checkpoint layout,
 and images denoised in tiles of bounded memory."""
 import glob
+import os
 import warnings
 from collections.abc import Mapping
 from os import path as osp
@@ -28,6 +29,7 @@ def resolve_model(spec):
     fetched into the hub cache), a checkpoint (U-SAID's architecture; the authors' released files too), an option
     file (``network_g`` and ``path: pretrain_network_g``) or an experiment folder (its option file and
     ``models/net_g_latest.pth``)."""
+    spec = os.fspath(spec)
     if is_released_name(spec):
         return dict(RELEASED_NETWORK), released_path(spec), None
     if osp.isdir(spec):
@@ -83,13 +85,23 @@ def read_network_opt(option_file):
                              f'-opt {option_file}: network_g')
 
 
+def build_denoiser_network(network_opt, origin):
+    """The network of ``network_opt`` (``network_g`` options), or a ``ValueError`` naming ``origin`` (the model it is
+    for) and why BasicSR cannot build it: an unknown ``type``, arguments the architecture does not take."""
+    try:
+        return build_network(dict(check_network_opt(network_opt, f'{origin}: network_g')))
+    except (KeyError, TypeError) as error:  # BasicSR's registry, the architecture's signature
+        raise ValueError(f'{origin}: network_g {dict(network_opt)} cannot be built ({error}); expected the options of '
+                         'a registered architecture.') from None
+
+
 def load_denoiser(weights, network_opt=None, device='cpu', param_key='params_ema'):
     """A network in eval mode from a BasicSR checkpoint (``param_key`` preferred, else ``params``) or a bare state
     dict such as the authors' released files (:func:`~usaid.checkpoint.canonical_state_dict`), or a released model's
     name."""
     if is_released_name(weights):
         weights = released_path(weights)
-    net = build_network(dict(network_opt or network_options_of(weights)))
+    net = build_denoiser_network(network_opt or network_options_of(weights), weights)
     net.load_state_dict(canonical_state_dict(weights, param_key, allow_bare=True, net=net))
     return net.eval().to(device)
 

@@ -39,7 +39,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from usaid.archs.usaid_arch import USAID
 from usaid.checkpoint import (canonical_state_dict, load_checkpoint, safetensors_bytes, stored_param_key,
                               write_atomically)
-from usaid.denoiser import resolve_model
+from usaid.denoiser import build_denoiser_network, resolve_model
 from usaid.extras import require
 from usaid.network_probe import PROBE_SIZE, size_multiple
 from usaid.paths import check_writable
@@ -107,11 +107,7 @@ def load_source(spec, network_opt=None, param_key=None):
     ``params_ema`` when stored, else ``params``)."""
     resolved_opt, weights, implied_key = resolve_model(spec)
     network_opt = dict(network_opt or resolved_opt)
-    try:
-        net = build_network(dict(network_opt))
-    except (KeyError, TypeError, ValueError) as error:
-        raise ValueError(f'{spec}: network_g {network_opt} cannot be built ({error}); expected the options of a '
-                         'registered architecture.') from None
+    net = build_denoiser_network(network_opt, spec)
     checkpoint = load_checkpoint(weights)
     stored = [key for key in ('params', 'params_ema') if isinstance(checkpoint, dict) and key in checkpoint]
     if param_key is not None and param_key not in stored:
