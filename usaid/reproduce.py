@@ -30,10 +30,17 @@ from usaid import __version__, comparison, segeval, taskeval  # noqa: E402
 from usaid.denoiser import resolve_model  # noqa: E402
 from usaid.errors import USAIDError  # noqa: E402
 from usaid.evaluation import load_denoisers  # noqa: E402
-from usaid.paths import file_sha256  # noqa: E402
+from usaid.paths import file_sha256, output_lock  # noqa: E402
 from usaid.segmentation import VOC_CLASSES  # noqa: E402
 
 TEST_SETS = ('Kodak24', 'CBSD68', 'McMaster', 'Urban100')  # looked for in the test-set folder, in this order
+# (images, SHA-256 of the listing `LC_ALL=C sha256sum *`) of the published copies that datasets/README.md names
+PUBLISHED = {
+    'Kodak24': (24, '8ea2bf2947a19cf2b71830abc0b91539e5b2f26458314e061cf6aca7cbd7452f'),
+    'CBSD68': (68, 'c500323c4bcb5fc35ca57d9e1803f396f54054ac8720c8f5305aed6dcdaff9a5'),
+    'McMaster': (18, '63ecac5a3b32f22f322a4243cfd2bf4bca8b5f5c3c20ec1f55142d32b85782eb'),
+    'Urban100': (100, None),
+}
 DEFAULT_MODELS = {'CDnCNN-B': 'cdncnn-b', 'U-SAID': 'usaid', 'S-SAID': 'ssaid'}
 HOW_TO_GET = {
     'test sets': 'datasets/README.md lists where each standard test set is published, with a checksum',
@@ -42,6 +49,35 @@ HOW_TO_GET = {
     'imagenet': "ImageNet's validation images arranged in one folder per synset (https://image-net.org), or any "
                 'folder per class named like the classifier\'s categories; pass it as --imagenet',
 }
+
+
+def listing_checksum(folder):
+    """``(files, what LC_ALL=C sha256sum * | LC_ALL=C sha256sum prints inside folder)``: one number for all bytes."""
+    names = sorted((n for n in os.listdir(folder) if not n.startswith('.') and osp.isfile(osp.join(folder, n))),
+                   key=os.fsencode)
+    text = ''.join(f'{file_sha256(osp.join(folder, n))}  {n}\n' for n in names)
+    return len(names), hashlib.sha256(text.encode()).hexdigest()
+
+
+def provenance(folder, name):
+    """Whether a test set folder holds the published copy, in words for the report."""
+    count, checksum = listing_checksum(folder)
+    expected_count, expected = PUBLISHED[name]
+    if expected is not None and checksum == expected:
+        return f'{name}: the published copy ({count} images, checksum as in datasets/README.md)'
+    if expected is None:
+        return f'{name}: {count} images (the published copy has {expected_count}; no checksum known)'
+    return (f'{name}: NOT the published copy: {count} files, listing checksum {checksum[:12]}...; the published one '
+            f'has {expected_count} images and {expected[:12]}... (datasets/README.md): its figures are not comparable')
+
+
+def network_digest(net):
+    """What identifies a frozen network's weights (a torchvision network or a package.module:callable alike)."""
+    digest = hashlib.sha256()
+    for key, value in net.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def stamp_of(*parts):
@@ -102,14 +138,32 @@ def reproduce(out_dir, testsets='datasets', voc=None, imagenet=None, models=None
     inference = dict(inference or {})
     sigmas = list(sigmas)
     os.makedirs(out_dir, exist_ok=True)
-    ran, skipped, sections = {}, {}, []
+    with output_lock(out_dir, 'usaid-reproduce'):  # two runs into one folder would mix their tables
+        return _reproduce(out_dir, testsets, voc, imagenet, models, sigmas, baseline, segnet, classifier, limit,
+                          device, inference)
 
-    found = [osp.join(testsets, name) for name in TEST_SETS if osp.isdir(osp.join(testsets, name))]
+
+def _reproduce(out_dir, testsets, voc, imagenet, models, sigmas, baseline, segnet, classifier, limit, device,
+               inference):
+    ran, skipped, sections = {}, {}, []
+    found, origins = [], []
+    for name in TEST_SETS:
+        folder = osp.join(testsets, name)
+        if not osp.isdir(folder):
+            continue
+        try:
+            comparison.dataset_key(folder)
+        except (ValueError, OSError) as error:  # empty, or files that are no images: this set only is skipped
+            skipped[f'denoising: {name}'] = str(error)
+            continue
+        found.append(folder)
+        origins.append(provenance(folder, name))
     missing = [name for name in TEST_SETS if not osp.isdir(osp.join(testsets, name))]
     if found:
         denoising = osp.join(out_dir, 'denoising')
         _, reused = comparison.compare(models, found, sigmas, denoising, baseline=baseline, inference=inference)
-        ran['denoising'] = f'{len(found)} test set(s); {reused} job(s) reused from the cache'
+        ran['denoising'] = (f'{len(found)} test set(s); {reused} job(s) reused from the cache. '
+                            + '; '.join(origins))
         with open(osp.join(denoising, 'compare.md')) as f:
             sections.append(('Denoising', f.read() + '\n![PSNR](denoising/compare_psnr.png)\n\n'
                                                      '![crops](denoising/compare_crops.png)\n'))
@@ -122,12 +176,13 @@ def reproduce(out_dir, testsets='datasets', voc=None, imagenet=None, models=None
     else:
         def segmentation(denoisers, folder):
             pairs = data[:limit] if limit else data
-            results = segeval.segeval(pairs, denoisers, sigmas, segeval.build_segnet(segnet), device)
+            results = segeval.segeval(pairs, denoisers, sigmas, segmenter, device)
             segeval.write_results(results, folder, baseline)
         try:
             data = segeval.voc_pairs(voc, 'val')
+            segmenter = segeval.build_segnet(segnet)
             step(out_dir, 'segmentation', [p for pair in data for p in pair],
-                 (model_stamps(models), sigmas, segnet, inference, limit),
+                 (model_stamps(models), sigmas, segnet, network_digest(segmenter), inference, limit),
                  lambda folder: segmentation(load_denoisers(models, device, inference), folder), ran)
             folder = osp.join(out_dir, 'segmentation')
             plot_class_iou(osp.join(folder, 'segeval.csv'), sigmas[len(sigmas) // 2], osp.join(folder, 'class_iou.png'))
@@ -142,12 +197,13 @@ def reproduce(out_dir, testsets='datasets', voc=None, imagenet=None, models=None
     else:
         def classification(denoisers, folder):
             chosen = items[:limit] if limit else items
-            results = taskeval.taskeval(chosen, names, denoisers, sigmas, taskeval.build_classifier(classifier), device)
+            results = taskeval.taskeval(chosen, names, denoisers, sigmas, classify, device)
             taskeval.write_results(results, names, folder, baseline)
         try:
             items, names = taskeval.image_folder_items(imagenet)
+            classify = taskeval.build_classifier(classifier)
             step(out_dir, 'classification', [item.path for item in items],
-                 (model_stamps(models), sigmas, classifier, inference, limit),
+                 (model_stamps(models), sigmas, classifier, network_digest(classify.net), inference, limit),
                  lambda folder: classification(load_denoisers(models, device, inference), folder), ran)
             with open(osp.join(out_dir, 'classification', 'taskeval.md')) as f:
                 sections.append(('Classification after denoising', f.read()))

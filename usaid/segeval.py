@@ -171,6 +171,8 @@ def segeval(pairs, denoisers, sigmas, segnet, device='cpu', batch_size=4, normal
             confusion = confusion_matrix(predictions[i], labels[i], num_classes)
             confusions[(sigma, method)] += confusion
             scores = segmentation_scores(confusion.cpu())
+            if confusion.sum() == 0:  # no labelled pixel (all 255): the image has no score, rather than 0
+                scores['pixel_accuracy'] = float('nan')
             psnr = float('nan') if clean is None else calculate_psnr(
                 (images[i].permute(1, 2, 0).cpu().numpy() * 255).round(), clean[i], crop_border=0)
             per_image[(sigma, method)].append({'image': name, 'miou': scores['miou'],

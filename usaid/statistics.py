@@ -3,7 +3,7 @@
 For each image the difference ``other - baseline`` of a metric is taken; :func:`paired_comparison` gives their mean, a
 bootstrap 95 % confidence interval of that mean (scipy's ``bootstrap``, BCa, seeded, with the number of resamples
 stated), and the two-sided Wilcoxon signed-rank p-value (scipy's ``wilcoxon``). Whether the other method is better
-takes the metric's direction into account (NIQE: lower is better).
+takes the metric's direction into account (NIQE: lower is better), and needs at least :data:`MIN_IMAGES` images.
 """
 import math
 from dataclasses import dataclass
@@ -14,6 +14,9 @@ from scipy import stats
 RESAMPLES = 10000
 CONFIDENCE = 0.95
 SEED = 0
+# Below 6 images no verdict is given: the Wilcoxon test's smallest two-sided p-value is 2 / 2^n (0.0625 for 5 images,
+# 0.03125 for 6), so it cannot reach 0.05, and a bootstrap interval of so few values is too narrow to trust.
+MIN_IMAGES = 6
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,10 @@ class PairedComparison:
 
     @property
     def verdict(self):
-        """``better``, ``worse`` (the interval excludes 0 on that side) or ``no clear difference``."""
+        """``better``, ``worse`` (the interval excludes 0 on that side), ``no clear difference``, or ``too few images``
+        (fewer than :data:`MIN_IMAGES`)."""
+        if self.images < MIN_IMAGES:
+            return f'too few images (under {MIN_IMAGES})'
         if self.low > 0 or self.high < 0:
             improves = (self.low > 0) == self.higher_is_better
             return 'better' if improves else 'worse'

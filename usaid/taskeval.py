@@ -5,6 +5,7 @@ image, unclipped), is denoised by each model at its own size, clipped and rounde
 classified by a frozen network that never saw noise; ``clean`` and ``noisy`` are evaluated beside the denoisers. The
 scores are top-1 and top-5 accuracy, overall and per class, and each image's own hits (for paired comparisons).
 """
+import difflib
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -109,8 +110,11 @@ def build_classifier(name, weights_file=None):
         try:
             weights = torchvision.models.get_model_weights(name).DEFAULT
         except (ValueError, KeyError):
-            known = ', '.join(sorted(torchvision.models.list_models(module=torchvision.models)))
-            raise ValueError(f'--classifier {name}: not one of torchvision\'s classifiers ({known}), nor '
+            known = torchvision.models.list_models(module=torchvision.models)
+            close = difflib.get_close_matches(name, known, n=3)
+            hint = f'did you mean {" or ".join(close)}? ' if close else ''
+            raise ValueError(f'--classifier {name}: not one of torchvision\'s classifiers; {hint}expected a name '
+                             'of torchvision.models.list_models(module=torchvision.models), or '
                              'package.module:callable.') from None
         state = canonical_state_dict(weights_file, allow_bare=True) if weights_file else load_torchvision_weights(
             weights, f'--classifier {name}', 'pass --classifier-weights FILE', ValueError)
@@ -137,12 +141,21 @@ def taskeval(items, class_names, denoisers, sigmas, classifier, device='cpu', ba
         for item, tensor in inputs:
             by_shape[tuple(tensor.shape)].append((item, tensor))
         for group in by_shape.values():
-            with torch.inference_mode():
-                logits = net(torch.stack([tensor for _, tensor in group]).to(device)).float()
-            if logits.ndim != 2 or logits.shape[1] <= max(indices):
-                raise ValueError(f'--classifier {classifier.name}: gave {tuple(logits.shape)} for '
-                                 f'{len(group)} image(s); expected (N, classes) scores with at least the '
-                                 f'{max(indices) + 1} classes of the data.')
+            try:
+                with torch.inference_mode():
+                    logits = net(torch.stack([tensor for _, tensor in group]).to(device))
+            except Exception as error:  # noqa: BLE001  (the user's network may raise anything)
+                raise ValueError(f'--classifier {classifier.name}: failed on a batch of {len(group)} image(s) of '
+                                 f'{tuple(group[0][1].shape)} ({type(error).__name__}: {error}).') from None
+            if not torch.is_tensor(logits) or logits.ndim != 2 or logits.shape[1] <= max(indices):
+                shape = tuple(logits.shape) if torch.is_tensor(logits) else type(logits).__name__
+                raise ValueError(f'--classifier {classifier.name}: gave {shape} for {len(group)} image(s); expected '
+                                 f'an (N, classes) tensor of scores with at least the {max(indices) + 1} classes of '
+                                 'the data.')
+            logits = logits.float()
+            if not torch.isfinite(logits).all():
+                raise ValueError(f'--classifier {classifier.name}: gave NaN or infinite scores; expected finite ones '
+                                 '(a ranking of NaN is meaningless).')
             ranked = logits.topk(min(max(TOP_K), logits.shape[1]), dim=1).indices.cpu()
             for (item, _), order in zip(group, ranked):
                 target = indices[item.label]

@@ -70,3 +70,50 @@ def test_without_data_the_report_says_what_to_get(tmp_path, capsys):
     assert 'nothing: no data was found' in report
     assert 'datasets/README.md' in report and 'http://host.robots.ox.ac.uk/pascal/VOC/voc2012/' in report
     assert 'image-net.org' in report
+
+
+SEED = {'value': 5}
+
+
+class SeededClassifier(torch.nn.Module):
+    """A classifier whose weights a test changes between runs (as a user retrains their own network)."""
+
+    def __init__(self):
+        super().__init__()
+        generator = torch.Generator().manual_seed(SEED['value'])
+        self.head = torch.nn.Linear(3, 7)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.randn(7, 3, generator=generator))
+            self.head.bias.zero_()
+
+    def forward(self, x):
+        return self.head(x.mean((2, 3)))
+
+
+def test_a_changed_classifier_runs_again_and_test_sets_are_checked(tmp_path, capsys):
+    testsets, _, imagenet = synthetic_data(tmp_path)
+    (testsets / 'CBSD68').mkdir()  # present but empty: skipped with the reason, the others still run
+    arguments = ['-o', str(tmp_path / 'out'), '--testsets', str(testsets), '--imagenet', str(imagenet), '-m',
+                 f'base={tiny_model(tmp_path, "base", 0)}', '--baseline', 'base', '-s', '25', '--classifier',
+                 'tests.tools.test_reproduce:SeededClassifier']
+    main(arguments)
+    first = capsys.readouterr().out
+    assert 'ran classification: run' in first
+    assert 'skipped denoising: CBSD68' in first and 'NOT the published copy: 3 files' in first
+    main(arguments)
+    assert 'ran classification: reused' in capsys.readouterr().out
+    SEED['value'] = 6
+    try:
+        main(arguments)
+    finally:
+        SEED['value'] = 5
+    assert 'ran classification: run' in capsys.readouterr().out
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(tmp_path):
+    import pytest
+
+    from usaid.paths import output_lock
+    with output_lock(str(tmp_path / 'out'), 'usaid-reproduce'), pytest.raises(SystemExit,
+                                                                                match='another usaid-reproduce'):
+        main(['-o', str(tmp_path / 'out'), '--testsets', str(tmp_path / 'none')])

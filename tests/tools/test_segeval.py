@@ -324,3 +324,15 @@ def test_a_baseline_gives_per_image_scores_and_scipys_paired_statistics(voc, tmp
     with pytest.raises(SystemExit, match='--baseline nobody: not one of the methods'):
         main(['--voc', str(root), '-s', '50', '--segnet', 'tests.tools.test_segeval:TinySegNet', '--baseline',
               'nobody', '-o', str(tmp_path / 'out2')])
+
+
+def test_an_image_without_labelled_pixels_has_no_per_image_score(voc, tmp_path):
+    root, names = voc
+    label = Image.open(root / 'SegmentationClass' / f'{names[0]}.png')
+    blank = Image.fromarray(np.full(np.asarray(label).shape, 255, np.uint8), mode='P')
+    blank.putpalette(VOC_PALETTE)
+    blank.save(root / 'SegmentationClass' / f'{names[0]}.png')
+    main(['--voc', str(root), '-s', '25', '--segnet', 'tests.tools.test_segeval:TinySegNet', '-o', str(tmp_path / 'o')])
+    with open(tmp_path / 'o' / 'segeval_images.csv') as f:
+        rows = [r for r in csv.DictReader(f) if r['image'] == names[0]]
+    assert rows and all(np.isnan(float(r['pixel_accuracy'])) and np.isnan(float(r['miou'])) for r in rows)

@@ -32,6 +32,21 @@ class TinyClassifier(nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
+class TupleClassifier(TinyClassifier):
+    def forward(self, x):
+        return super().forward(x), None
+
+
+class FailingClassifier(TinyClassifier):
+    def forward(self, x):
+        raise RuntimeError('broken')
+
+
+class NaNClassifier(TinyClassifier):
+    def forward(self, x):
+        return super().forward(x) * float('nan')
+
+
 @pytest.fixture
 def folder(tmp_path):
     """An ImageFolder: CLASSES classes, 2 images each, of two sizes."""
@@ -127,7 +142,11 @@ def test_classes_map_to_a_classifiers_categories_by_name_or_are_refused():
 @pytest.mark.parametrize('arguments, expected', [
     (['--images', 'nowhere'], '--images nowhere'),
     (['--list', 'bad.txt'], 'line 1'),
-    (['--images', 'images', '--classifier', 'resnet5o'], "not one of torchvision's classifiers"),
+    (['--images', 'images', '--classifier', 'resnet5o'], "classifiers; did you mean resnet50"),
+    (['--images', 'images', '--classifier', 'tests.tools.test_taskeval:TupleClassifier'], 'gave tuple for'),
+    (['--images', 'images', '--classifier', 'tests.tools.test_taskeval:FailingClassifier'],
+     'failed on a batch of 1 image.s. .*RuntimeError: broken'),
+    (['--images', 'images', '--classifier', 'tests.tools.test_taskeval:NaNClassifier'], 'gave NaN or infinite'),
     (['--images', 'images', '--baseline', 'nobody'], '--baseline nobody: not one of the methods'),
     (['--images', 'images', '-w', 'clean=usaid'], 'a NAME other than clean and noisy'),
     (['--images', 'images', '-s', '-5'], '--sigma'),
@@ -135,8 +154,8 @@ def test_classes_map_to_a_classifiers_categories_by_name_or_are_refused():
 def test_mistakes_are_one_message(folder, tmp_path, monkeypatch, arguments, expected):
     monkeypatch.chdir(tmp_path)
     (tmp_path / 'bad.txt').write_text('just-a-path\n')
-    with pytest.raises(SystemExit, match=expected.replace('(', '\\(')):
-        main(arguments + ['-o', 'out'])
+    with pytest.raises(SystemExit, match=expected):
+        main(arguments + ['-o', 'out', '--batch-size', '1'])
 
 
 def test_offline_without_weights_says_which_file_to_put_where(folder, tmp_path, monkeypatch):

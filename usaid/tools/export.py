@@ -1,5 +1,4 @@
-"""``usaid-export MODEL OUTPUT``: a denoiser for apps and runtimes: spandrel (chaiNNer, ComfyUI), ONNX, safetensors,
-torch.export.
+"""``usaid-export MODEL OUTPUT``: a denoiser for spandrel (chaiNNer, ComfyUI), ONNX, safetensors or torch.export.
 
 MODEL is what the other tools take: a released model's name (``usaid``, ``ssaid``, ``cdncnn-b``), a checkpoint, an
 option file or an experiment folder (any BasicSR ``network_g``). The format follows OUTPUT's extension (``.pth`` and

@@ -45,6 +45,9 @@ def main(argv=None):
                                  args.segnet, args.classifier, args.limit, device, inference_options(args))
     except (USAIDError, ValueError, OSError) as error:
         sys.exit(f'usaid-reproduce: {error}')
+    except KeyboardInterrupt:
+        sys.exit('usaid-reproduce: interrupted; finished steps are kept and reused by the next run, the interrupted '
+                 'one runs again.')
     for step, what in ran.items():
         print(f'ran {step}: {what}')
     for step, why in skipped.items():
