@@ -117,3 +117,26 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(tmp_p
     with output_lock(str(tmp_path / 'out'), 'usaid-reproduce'), pytest.raises(SystemExit,
                                                                                 match='another usaid-reproduce'):
         main(['-o', str(tmp_path / 'out'), '--testsets', str(tmp_path / 'none')])
+
+
+def test_an_interrupted_step_is_run_again_and_finished_ones_are_kept(tmp_path, monkeypatch, capsys):
+    import pytest
+
+    from usaid import segeval
+    testsets, voc, _ = synthetic_data(tmp_path)
+    arguments = ['-o', str(tmp_path / 'out'), '--testsets', str(testsets), '--voc', str(voc), '-m',
+                 f'base={tiny_model(tmp_path, "base", 0)}', '--baseline', 'base', '-s', '25', '--segnet',
+                 'tests.tools.test_segeval:TinySegNet']
+    real = segeval.segeval
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(segeval, 'segeval', interrupted)
+    with pytest.raises(SystemExit, match='interrupted; finished steps are kept'):
+        main(arguments)
+    assert not (tmp_path / 'out' / 'segmentation' / '.stamp').exists()
+    monkeypatch.setattr(segeval, 'segeval', real)
+    capsys.readouterr()
+    main(arguments)
+    out = capsys.readouterr().out
+    assert 'ran segmentation: run' in out and '1 job(s) reused from the cache' in out
