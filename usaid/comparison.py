@@ -48,12 +48,12 @@ from usaid.checkpoint import canonical_state_dict, load_checkpoint, save_atomica
 from usaid.data.data_util import add_protocol_noise  # noqa: E402
 from usaid.data.gaussian_noise_dataset import GaussianNoiseDataset, collect_images  # noqa: E402
 from usaid.denoiser import resolve_model  # noqa: E402
-from usaid.evaluation import write_csv  # noqa: E402
+from usaid.evaluation import paired_section, write_csv  # noqa: E402
 from usaid.metrics.lpips_metric import lpips_network  # noqa: E402
 from usaid.metric_sizes import size_problem  # noqa: E402
 from usaid.options import check_options  # noqa: E402
 from usaid.paths import check_label, file_sha256, relation  # noqa: E402
-from usaid.statistics import SEED, paired_comparison, paired_fields  # noqa: E402
+from usaid.statistics import paired_comparison  # noqa: E402
 
 METRICS = {
     'psnr': {'type': 'calculate_psnr', 'crop_border': 0, 'test_y_channel': False},
@@ -262,7 +262,10 @@ def compare(models, datasets, sigmas, out_dir, use_cache=True, niqe='auto', crop
     write_table(rows, list(models), out_dir)
     write_csv(image_rows, osp.join(out_dir, 'compare_images.csv'))
     if baseline is not None:
-        write_paired(paired_rows(image_rows, baseline), out_dir)
+        lines = paired_section(paired_rows(image_rows, baseline), osp.join(out_dir, 'compare_paired.csv'), baseline,
+                               ('model', 'baseline', 'dataset', 'sigma', 'metric'), 'its PSNR, SSIM, NIQE, LPIPS')
+        with open(osp.join(out_dir, 'compare.md'), 'a') as f:
+            f.write('\n'.join(lines) + '\n')
     plot_bars(rows, list(models), osp.join(out_dir, 'compare_psnr.png'))
     first = sets[datasets[0]][1][0]
     plot_crops(first, crop_sigma, crops_from, osp.join(out_dir, 'compare_crops.png'))
@@ -290,27 +293,6 @@ def paired_rows(image_rows, baseline):
             paired.append({'model': model, 'baseline': baseline, 'dataset': dataset, 'sigma': sigma,
                            'metric': metric, 'result': result})
     return paired
-
-
-def write_paired(paired, out_dir):
-    """``compare_paired.csv`` and a section of ``compare.md``: mean per-image difference, its bootstrap interval,
-    the Wilcoxon p-value and the verdict, per model, dataset, sigma and metric."""
-    write_csv([{key: value for key, value in row.items() if key != 'result'} | paired_fields(row['result'])
-               for row in paired], osp.join(out_dir, 'compare_paired.csv'))
-    if not paired:
-        return
-    first = paired[0]['result']
-    lines = ['', f'Paired with {paired[0]["baseline"]}, image by image: mean difference (model - baseline) with its '
-             f'{first.confidence:.0%} bootstrap interval (BCa, {first.resamples} resamples, seed {SEED}), Wilcoxon '
-             'signed-rank p-value (two-sided), and the verdict (the interval excludes 0; NIQE: lower is better).', '',
-             '| model | dataset | sigma | metric | images | difference [95 % CI] | p | verdict |',
-             '|---|---|---|---|---|---|---|---|']
-    for row in paired:
-        difference, p_value = row['result'].cells(4 if row['metric'] == 'ssim' else 3)
-        lines.append(f'| {row["model"]} | {row["dataset"]} | {row["sigma"]:g} | {row["metric"].upper()} | '
-                     f'{row["result"].images} | {difference} | {p_value} | {row["result"].verdict} |')
-    with open(osp.join(out_dir, 'compare.md'), 'a') as f:
-        f.write('\n'.join(lines) + '\n')
 
 
 def write_table(rows, names, out_dir):

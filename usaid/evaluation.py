@@ -8,6 +8,7 @@ from torch import nn
 
 from usaid.denoiser import load_denoiser, resolve_model
 from usaid.inference import InferenceNetwork
+from usaid.statistics import CONFIDENCE, MIN_IMAGES, RESAMPLES, SEED, paired_fields
 
 REFERENCE_METHODS = ('clean', 'noisy')  # evaluated beside the denoisers: no noise, and noise without a denoiser
 
@@ -75,3 +76,21 @@ def write_csv(rows, path):
         writer.writeheader()
         writer.writerows(rows)
 
+
+def paired_section(paired, csv_path, baseline, columns, per_image):
+    """Write the paired comparisons ``paired`` (rows of identifying ``columns`` and ``result``, a
+    :class:`~usaid.statistics.PairedComparison`) to ``csv_path``; return the Markdown section that shows them.
+    ``per_image`` says what an image's value is, for the section's first sentence."""
+    write_csv([{key: row[key] for key in columns} | paired_fields(row['result']) for row in paired], csv_path)
+    lines = ['', f'Paired with {baseline}, image by image ({per_image}): mean difference (minus {baseline}) with its '
+             f'{CONFIDENCE:.0%} bootstrap interval (BCa, {RESAMPLES} resamples, seed {SEED}), two-sided Wilcoxon '
+             f'signed-rank p-value, and the verdict (the interval excludes 0, read in the metric\'s direction; none '
+             f'under {MIN_IMAGES} images).', '',
+             '| ' + ' | '.join(columns) + ' | images | difference [95 % CI] | p | verdict |',
+             '|' + '---|' * (len(columns) + 4)]
+    for row in paired:
+        difference, p_value = row['result'].cells(3 if row['metric'] in ('psnr', 'niqe', 'lpips') else 4)
+        cells = [f'{row[key]:g}' if isinstance(row[key], float) else str(row[key]) for key in columns]
+        lines.append(f'| {" | ".join(cells)} | {row["result"].images} | {difference} | {p_value} | '
+                     f'{row["result"].verdict} |')
+    return lines if paired else []

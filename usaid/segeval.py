@@ -37,10 +37,10 @@ from tqdm import tqdm
 
 from usaid.checkpoint import canonical_state_dict, check_fits
 from usaid.data.data_util import add_protocol_noise
-from usaid.evaluation import import_network, to_8bit, write_csv
+from usaid.evaluation import import_network, paired_section, to_8bit, write_csv
 from usaid.errors import USAIDError
 from usaid.segmentation import IGNORE_INDEX, VOC_CLASSES, confusion_matrix, segmentation_scores
-from usaid.statistics import CONFIDENCE, RESAMPLES, SEED, paired_comparison, paired_fields
+from usaid.statistics import paired_comparison
 from usaid.torchvision_weights import IMAGENET_MEAN, IMAGENET_STD, load_torchvision_weights
 
 PAIRED_METRICS = ('miou', 'pixel_accuracy', 'psnr')  # per image; all three: higher is better
@@ -215,8 +215,8 @@ def paired_rows(results, baseline):
         for metric in PAIRED_METRICS:
             result = paired_comparison([reference[row['image']][metric] for row in images],
                                        [row[metric] for row in images])
-            paired.append({'method': method, 'baseline': baseline, 'sigma': f'{sigma:g}', 'metric': metric,
-                           **paired_fields(result), 'result': result})
+            paired.append({'sigma': f'{sigma:g}', 'method': method, 'baseline': baseline, 'metric': metric,
+                           'result': result})
     return paired
 
 
@@ -243,19 +243,9 @@ def write_results(results, out_dir, baseline=None):
         ious = ['' if np.isnan(row[f'iou_{c}']) else f"{100 * row[f'iou_{c}']:.1f}" for c in VOC_CLASSES]
         lines.append(f"| {row['sigma'] or '-'} | {row['method']} | " + ' | '.join(ious) + ' |')
     if baseline is not None:
-        paired = paired_rows(results, baseline)
-        write_csv([{k: v for k, v in row.items() if k != 'result'} for row in paired],
-                  osp.join(out_dir, 'segeval_paired.csv'))
-        lines += ['', f'Paired with {baseline}, image by image (each image\'s own mIoU over the classes in its labels '
-                  f'or prediction, pixel accuracy, PSNR): mean difference (method - {baseline}) with its '
-                  f'{CONFIDENCE:.0%} bootstrap interval (BCa, {RESAMPLES} resamples, seed {SEED}), Wilcoxon '
-                  'signed-rank p-value, verdict.', '',
-                  '| sigma | method | metric | images | difference [95 % CI] | p | verdict |',
-                  '|---|---|---|---|---|---|---|']
-        for row in paired:
-            difference, p_value = row['result'].cells(4 if row['metric'] != 'psnr' else 3)
-            lines.append(f"| {row['sigma']} | {row['method']} | {row['metric']} | {row['images']} | {difference} | "
-                         f"{p_value} | {row['verdict']} |")
+        lines += paired_section(paired_rows(results, baseline), osp.join(out_dir, 'segeval_paired.csv'), baseline,
+                                ('sigma', 'method', 'baseline', 'metric'), "its own mIoU over the classes in its "
+                                'labels or prediction, pixel accuracy, PSNR')
     with open(osp.join(out_dir, 'segeval.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
     return rows

@@ -18,9 +18,9 @@ from torchvision.transforms import v2
 
 from usaid.checkpoint import canonical_state_dict, check_fits
 from usaid.data.data_util import add_protocol_noise
-from usaid.evaluation import import_network, to_8bit, write_csv
+from usaid.evaluation import import_network, paired_section, to_8bit, write_csv
 from usaid.image_io import read_image
-from usaid.statistics import CONFIDENCE, RESAMPLES, SEED, paired_comparison, paired_fields
+from usaid.statistics import paired_comparison
 from usaid.torchvision_weights import IMAGENET_MEAN, IMAGENET_STD, load_torchvision_weights
 
 TOP_K = (1, 5)
@@ -216,7 +216,7 @@ def paired_rows(results, baseline):
             result = paired_comparison([reference[row['image']][metric] for row in rows],
                                        [row[metric] for row in rows])
             paired.append({'sigma': f'{sigma:g}', 'method': method, 'baseline': baseline, 'metric': metric,
-                           **paired_fields(result), 'result': result})
+                           'result': result})
     return paired
 
 
@@ -232,18 +232,8 @@ def write_results(results, class_names, out_dir, baseline=None):
     lines += [f"| {row['sigma'] or '-'} | {row['method']} | {row['images']} | {100 * row['top1']:.2f} | "
               f"{100 * row['top5']:.2f} |" for row in overall]
     if baseline is not None:
-        paired = paired_rows(results, baseline)
-        write_csv([{k: v for k, v in row.items() if k != 'result'} for row in paired],
-                  osp.join(out_dir, 'taskeval_paired.csv'))
-        lines += ['', f'Paired with {baseline}, image by image (a hit is 1, a miss 0): mean difference (method - '
-                  f'{baseline}, in accuracy) with its {CONFIDENCE:.0%} bootstrap interval (BCa, {RESAMPLES} '
-                  f'resamples, seed {SEED}), Wilcoxon signed-rank p-value, verdict.', '',
-                  '| sigma | method | metric | images | difference [95 % CI] | p | verdict |',
-                  '|---|---|---|---|---|---|---|']
-        for row in paired:
-            difference, p_value = row['result'].cells(4)
-            lines.append(f"| {row['sigma']} | {row['method']} | {row['metric']} | {row['images']} | {difference} | "
-                         f"{p_value} | {row['verdict']} |")
+        lines += paired_section(paired_rows(results, baseline), osp.join(out_dir, 'taskeval_paired.csv'), baseline,
+                                ('sigma', 'method', 'baseline', 'metric'), 'its top-1 and top-5 hit, 1 or 0')
     with open(osp.join(out_dir, 'taskeval.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')
     return overall
