@@ -82,8 +82,8 @@ def paired_section(paired, csv_path, baseline, columns, per_image):
     :class:`~usaid.statistics.PairedComparison`) to ``csv_path``; return the Markdown section that shows them.
     ``per_image`` says what an image's value is, for the section's first sentence."""
     write_csv([{key: row[key] for key in columns} | paired_fields(row['result']) for row in paired], csv_path)
-    lines = ['', f'Paired with {baseline}, image by image ({per_image}): mean difference (minus {baseline}) with its '
-             f'{CONFIDENCE:.0%} bootstrap interval (BCa, {RESAMPLES} resamples, seed {SEED}), two-sided Wilcoxon '
+    lines = ['', f'Paired with {baseline}, image by image ({per_image}): mean difference (each minus {baseline}) with '
+             f'its {CONFIDENCE:.0%} bootstrap interval (BCa, {RESAMPLES} resamples, seed {SEED}), two-sided Wilcoxon '
              f'signed-rank p-value, and the verdict (the interval excludes 0, read in the metric\'s direction; none '
              f'under {MIN_IMAGES} images).', '',
              '| ' + ' | '.join(columns) + ' | images | difference [95 % CI] | p | verdict |',
