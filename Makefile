@@ -39,5 +39,46 @@ test: install
 docs: install
 	$(PY) -m usaid.option_reference docs
 
+# Mutation testing of the modules that carry the method (docs/testing.md#mutation-testing): slow, so not part of
+# `make test`. `make mutation MODULE=loss` runs one module. mutmut (the `mutation` extra) works on a copy in mutants/
+# and its configuration is in setup.cfg; each glob selects the mutants of the functions that carry the method.
+MUTATION_loss := usaid.losses.usa_loss.*
+# the network's construction (~170 mutants, each building ResNets) is sampled: mutants numbered 10, 20, 30, ...
+MUTATION_usanet := $(foreach f,x_batch_statistics_problem xǁUSANetǁ_load_backbone xǁUSANetǁtrain xǁUSANetǁforward \
+	xǁUSANetǁforward_normalized,usaid.archs.usanet_arch.$(f)__mutmut_*) usaid.archs.usanet_arch.xǁUSANetǁ__init____mutmut_*0
+MUTATION_sampler := usaid.data.resumable_sampler.*
+MUTATION_checkpoint := usaid.checkpoint.x_write_atomically__mutmut_* usaid.checkpoint.x_save_atomically__mutmut_* \
+	usaid.checkpoint.x__umask__mutmut_*
+# the option checker: its ~1,000 mutants (many in message strings) are sampled, those numbered 10, 20, 30, ...
+MUTATION_options := $(foreach f,check_options check_option_file load_option_file _walk _dataset \
+	_strings_that_are_numbers _as_yaml11_float,usaid.options.x_$(f)__mutmut_*0) usaid.option_rules.*__mutmut_*0
+MUTATION_noise := usaid.data.gaussian_noise_dataset.x_check_sigma__mutmut_* \
+	usaid.data.gaussian_noise_dataset.*_draw_sigma__mutmut_* usaid.data.gaussian_noise_dataset.*_training_pair__mutmut_* \
+	usaid.data.data_util.*
+# each of the step's mutants runs training steps (seconds each): sampled, those numbered 10, 20, 30, ...
+MUTATION_step := usaid.models.usaid_model.*optimize_parameters__mutmut_*0 usaid.models.usaid_model.*_step_is_finite__mutmut_*0
+MODULE ?= loss usanet sampler checkpoint options noise step
+comma := ,
+empty :=
+space := $(empty) $(empty)
+
+.PHONY: mutation
+mutation: install
+	$(PY) -c "import importlib.metadata as m; print('\n'.join(r.split(';')[0] for r in m.requires('basicsr-usaid') if r.endswith('\"mutation\"')))" > $(VENV)/usaid-mutation-requirements.txt
+	$(PIP) install -q -r $(VENV)/usaid-mutation-requirements.txt
+	rm -rf mutants  # a fresh copy: mutmut's cached test-to-function map would miss tests added since
+	USAID_SHARED=$(abspath ..)/shared nice -n 10 $(VENV)/bin/mutmut run --max-children 2 \
+		$(foreach m,$(MODULE),$(foreach g,$(MUTATION_$(m)),'$(g)'))
+	$(PY) benchmarks/mutation_score.py --survivors \
+		$(foreach m,$(MODULE),'$(m)=$(subst $(space),$(comma),$(strip $(MUTATION_$(m))))')
+
+# On a GPU machine: the tests marked cuda, then benchmarks/bench.py --device cuda; figures in GPU_CHECK_OUTPUT
+# (docs/testing.md#gpu-check). Without a GPU it says that every CUDA test was skipped, and why, and exits 0.
+GPU_CHECK_OUTPUT ?= gpu-check/figures.md
+
+.PHONY: gpu-check
+gpu-check: install
+	$(PY) benchmarks/gpu_check.py --output $(GPU_CHECK_OUTPUT) -- $(PYTEST_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info experiments results tb_logger

@@ -26,6 +26,7 @@ EXTRA_SAFETENSORS = ['safetensors>=0.4']
 EXTRA_ONNX = ['onnx>=1.16', 'onnxscript>=0.2', 'onnxruntime>=1.18']  # onnxscript: torch's ONNX exporter needs it
 EXTRA_SPANDREL = ['spandrel>=0.4']
 EXTRA_PERCEPTUAL = ['lpips>=0.1.4']  # LPIPS, the authors' package (ships its linear layers)
+EXTRA_MUTATION = ['mutmut==3.8.1']  # make mutation (docs/testing.md#mutation-testing); its config is in setup.cfg
 
 setup(
     distclass=_Distribution,
@@ -66,6 +67,7 @@ setup(
         'spandrel': EXTRA_SPANDREL,
         'export': EXTRA_SAFETENSORS + EXTRA_ONNX + EXTRA_SPANDREL,
         'perceptual': EXTRA_PERCEPTUAL,
+        'mutation': EXTRA_MUTATION,
         # the tests also check every export
         'test': ['pytest>=7', 'pytest-timeout', 'ruff==0.17.6', 'jsonschema>=4.18', *EXTRA_SAFETENSORS, *EXTRA_ONNX,
                  *EXTRA_SPANDREL, *EXTRA_PERCEPTUAL],

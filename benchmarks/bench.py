@@ -9,7 +9,10 @@ median of the per-round ratios:
   c. the FLOPs of those steps (counted by ``torch.utils.flop_counter``) per second, against this machine's best
      single-kernel throughput in the same dtype (a large matmul and a large 3x3 convolution);
   d. ``usaid-denoise``'s inference path vs a plain eager float32 NCHW forward, in megapixels per second, with the
-     PSNR of both, and the peak memory of a tiled 4000 x 3000 run.
+     PSNR of both, and the peak memory of a tiled 4000 x 3000 run. Every path goes from a host image to a host image.
+
+``--device cuda:N`` runs and times everything on that GPU (it becomes the current device, which BasicSR's models
+use), with its peak memory; a GPU that is not there is refused.
 
 Networks have random weights (speed does not depend on them), except in (d), which uses a released checkpoint for
 the PSNR figures. Results and the commands behind docs/benchmarks.md.
@@ -37,6 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import usaid  # noqa: F401  (registers U-SAID's components)
 from usaid.allocator import keep_freed_memory
+from usaid.arguments import resolve_device
 from usaid.archs.usanet_arch import SEED_MEAN
 from usaid.data.data_util import add_protocol_noise
 from usaid.inference import InferenceNetwork
@@ -49,8 +53,34 @@ SHARED = osp.join(osp.dirname(REPO), 'shared')
 
 # ----------------------------------------------------------------------------------------------------------- timing
 def synchronize(device):
+    """Wait for ``device``'s queued work (CUDA runs asynchronously: a timer read without it times the launches)."""
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
+
+
+def select_device(name):
+    """The device ``--device`` names (checked by :func:`usaid.arguments.resolve_device`: a GPU that is not there is
+    a ``ValueError`` saying which there are), with its index, made the current CUDA device: BasicSR's models run on
+    ``torch.device('cuda')``, the current device, so without this ``--device cuda:1`` would train on cuda:0 while
+    the timer waited for cuda:1."""
+    device = torch.device(resolve_device(name))
+    if device.type == 'cuda':
+        if device.index is None:
+            device = torch.device('cuda', torch.cuda.current_device())
+        torch.cuda.set_device(device)
+    return device
+
+
+def device_peak(device, fn):
+    """``fn()`` and the peak memory allocated on ``device`` while it ran, in bytes (None on the CPU, where
+    :func:`tiled_run_peak_memory` measures the process instead)."""
+    if device.type != 'cuda':
+        return fn(), None
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    result = fn()
+    synchronize(device)
+    return result, torch.cuda.max_memory_allocated(device)
 
 
 def side_by_side(variants, device, warmup, repeats):
@@ -128,10 +158,11 @@ def released_style_step(model, data):
     seg = copy.deepcopy(model.cri_usa.net).to(memory_format=torch.contiguous_format)
     optimizer = torch.optim.Adam(dncnn.parameters(), lr=1e-3)
     device = model.device
-    clean, noisy = data['gt'].to(device), data['lq'].to(device)
     rgb_mean = np.array(SEED_MEAN).reshape(3, 1, 1)
 
     def step():
+        # the batch comes from the host at every step, as in ours (feed_data): both time the same copies
+        clean, noisy = data['gt'].to(device), data['lq'].to(device)
         optimizer.zero_grad()
         noise = noisy - clean
         loss = F.mse_loss(dncnn(noisy), noise, reduction='sum') / (noisy.size(0) * 2)
@@ -192,11 +223,16 @@ def compare_overhead(args, data):
     times = side_by_side(steps, args.device, args.warmup, args.repeats)
     ratio = ratio_median(times, 'U-SAID', 'MSE-only DnCNN')
     flops = {name: step_flops(step) for name, step in steps}
+    # on a GPU, the memory of one more step of each
+    peaks = {name: device_peak(args.device, step)[1] for name, step in steps} if args.device.type == 'cuda' else {}
     print(f'## (b) U-SAID overhead: full step vs MSE-only step ({args.batch} x {args.patch}x{args.patch}, '
           f'USA {args.backbone})\n')
-    table(['step', 'median s', 'images/s', 'GFLOP per step'],
-          [[name, f'{statistics.median(t):.3f}', f'{args.batch / statistics.median(t):.1f}',
-            f'{flops[name] / 1e9:.1f}'] for name, t in times.items()])
+    rows = []
+    for name, t in times.items():
+        median = statistics.median(t)
+        row = [name, f'{median:.3f}', f'{args.batch / median:.1f}', f'{flops[name] / 1e9:.1f}']
+        rows.append(row + ([f'{peaks[name] / 2 ** 30:.2f}'] if peaks else []))
+    table(['step', 'median s', 'images/s', 'GFLOP per step'] + ([f'peak {args.device} GiB'] if peaks else []), rows)
     print(f'U-SAID / MSE-only = {ratio:.3f} (target <= 1.25)\n')
     return times, flops
 
@@ -257,38 +293,59 @@ def with_glibc_allocator(fn):
     return run
 
 
-def compare_inference(args):
-    net = load_denoiser(args.weights, device=args.device)
+PLAIN = 'plain eager fp32 NCHW'
+
+
+def inference_paths(net, args):
+    """The compared ways to denoise, as ``(name, fn)``: each ``fn`` takes the noisy image on the host and returns
+    the result on the host, as ``usaid-denoise`` does (:func:`usaid.denoiser.denoise`), so on a GPU every path
+    times the same copies to and from the device. Also returns the fp32 InferenceNetwork."""
     fast, fast_bf16 = InferenceNetwork(net), InferenceNetwork(net, precision='bf16')
-    plain = 'plain eager fp32 NCHW'
-    paths = [(plain, lambda img: net(img)),
+    paths = [(PLAIN, lambda img: net(img.to(args.device)).cpu()),
              ('usaid-denoise (fp32)', lambda img: denoise(fast, img, args.tile, 32, args.device)),
              ('usaid-denoise --precision bf16', lambda img: denoise(fast_bf16, img, args.tile, 32, args.device))]
     if args.keep_freed_memory:
-        paths.insert(1, (f'{plain}, freed memory kept', paths[0][1]))
-        paths[0] = (plain, with_glibc_allocator(paths[0][1]))
+        paths.insert(1, (f'{PLAIN}, freed memory kept', paths[0][1]))
+        paths[0] = (PLAIN, with_glibc_allocator(paths[0][1]))
+    return paths, fast
+
+
+def compare_inference(args):
+    net = load_denoiser(args.weights, device=args.device)
+    paths, fast = inference_paths(net, args)
+    on_gpu = args.device.type == 'cuda'
     print(f'## (d) inference, released U-SAID ({fast.conv_algo} convolutions, tile {args.tile})\n')
     rows = []
     for size in args.sizes:
         clean = test_image(size)
         noisy = img2tensor(add_protocol_noise(clean, 25, 0).astype(np.float32), bgr2rgb=False).unsqueeze(0)
-        noisy = noisy.to(args.device)
         repeats = args.repeats if size[0] * size[1] <= 10 ** 6 else args.large_repeats
         with torch.inference_mode():
-            psnr = {name: psnr_of(fn(noisy), clean) for name, fn in paths}
+            psnr, peak = {}, {}
+            for name, fn in paths:
+                output, peak[name] = device_peak(args.device, lambda fn=fn: fn(noisy))
+                psnr[name] = psnr_of(output, clean)
             times = side_by_side([(name, lambda fn=fn: fn(noisy)) for name, fn in paths], args.device, 1, repeats)
         megapixels = size[0] * size[1] / 1e6
         for name in times:
             row = [f'{size[0]}x{size[1]}', name, f'{megapixels / statistics.median(times[name]):.3f}']
             references = paths[:1 + args.keep_freed_memory]
             row += [f'{ratio_median(times, reference, name):.2f}x' for reference, _ in references]
-            rows.append(row + [f'{psnr[name]:.3f}', f'{psnr[name] - psnr[plain]:+.4f}'])
+            row += [f'{psnr[name]:.3f}', f'{psnr[name] - psnr[PLAIN]:+.4f}']
+            rows.append(row + ([f'{peak[name] / 2 ** 20:.0f}'] if on_gpu else []))
     speedups = ['speed-up vs plain'] + (['vs plain, memory kept'] if args.keep_freed_memory else [])
-    table(['image', 'path', 'MP/s', *speedups, 'PSNR (sigma 25)', 'PSNR change'], rows)
+    memory = [f'peak {args.device} MiB'] if on_gpu else []
+    table(['image', 'path', 'MP/s', *speedups, 'PSNR (sigma 25)', 'PSNR change', *memory], rows)
     if args.memory_size:
         peak = tiled_run_peak_memory(args)
         print(f'Peak memory (max RSS) of `usaid-denoise` on a {args.memory_size[0]}x{args.memory_size[1]} image, '
               f'tile {args.tile}: {peak / 2 ** 30:.2f} GiB\n')
+        if on_gpu:
+            big = img2tensor(test_image(args.memory_size), bgr2rgb=False).unsqueeze(0)
+            with torch.inference_mode():
+                _, device_bytes = device_peak(args.device, lambda: denoise(fast, big, args.tile, 32, args.device))
+            print(f'Peak {args.device} memory (torch.cuda.max_memory_allocated) of the same tiled run, fp32: '
+                  f'{device_bytes / 2 ** 30:.2f} GiB\n')
 
 
 def tiled_run_peak_memory(args):
@@ -310,7 +367,7 @@ def size_arg(text):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog='bench.py', description=__doc__.splitlines()[0])
     parser.add_argument('--only', nargs='+', choices='abcd', default=list('abcd'), help='comparisons to run')
     parser.add_argument('--device', default='auto', help='auto, cpu, cuda, cuda:1, ...')
     parser.add_argument('--batch', type=int, default=64, help='training batch (the recipes: 64)')
@@ -334,9 +391,10 @@ def parse_args(argv=None):
     parser.add_argument('--memory-size', type=size_arg, default=(4000, 3000),
                         help='image size of the peak-memory run, WxH; 0x0 to skip')
     args = parser.parse_args(argv)
-    if args.device == 'auto':
-        args.device = 'cuda' if torch.cuda.is_available() else 'cpu'
-    args.device = torch.device(args.device)
+    try:
+        args.device = select_device(args.device)
+    except ValueError as error:
+        parser.error(str(error))
     args.memory_size = args.memory_size if all(args.memory_size) else None
     return args
 
@@ -348,7 +406,7 @@ def describe_machine(args):
         with open('/proc/cpuinfo') as cpuinfo:
             name = next((line.split(':', 1)[1].strip() for line in cpuinfo if line.startswith('model name')),
                         platform.processor())
-    print(f'# U-SAID benchmark: {name}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, '
+    print(f'# U-SAID benchmark on {args.device}: {name}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads, '
           f'torch {torch.__version__}, Python {platform.python_version()}, freed memory '
           f'{"kept (usaid/allocator.py)" if args.keep_freed_memory else "returned (glibc defaults)"}\n')
 

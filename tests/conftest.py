@@ -17,7 +17,8 @@ import yaml
 from usaid.released import RELEASED
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / 'shared'
+# USAID_SHARED: for a copy of the tests elsewhere (make mutation runs them in mutants/)
+SHARED = Path(os.environ.get('USAID_SHARED', REPO.parent / 'shared'))
 CHECKPOINTS = SHARED / 'seed' / 'checkpoints'
 KODAK24 = SHARED / 'testsets' / 'Kodak24'
 
@@ -32,15 +33,36 @@ def smooth_image(rng, height, width, channels=3):
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
 
 
+def write_image_folder(root):
+    """Four 56x64 training images and two 32x32 validation images under ``root``."""
+    rng = np.random.default_rng(0)
+    for subset, count, size in (('train', 4, (56, 64)), ('val', 2, (32, 32))):
+        (root / subset).mkdir()
+        for i in range(count):
+            cv2.imwrite(str(root / subset / f'img{i}.png'), smooth_image(rng, *size))
+    return root
+
+
 @pytest.fixture
 def image_folder(tmp_path):
     """Four 56x64 training images and two 32x32 validation images."""
-    rng = np.random.default_rng(0)
-    for subset, count, size in (('train', 4, (56, 64)), ('val', 2, (32, 32))):
-        (tmp_path / subset).mkdir()
-        for i in range(count):
-            cv2.imwrite(str(tmp_path / subset / f'img{i}.png'), smooth_image(rng, *size))
-    return tmp_path
+    return write_image_folder(tmp_path)
+
+
+@pytest.fixture(scope='session')
+def tiny_run(tmp_path_factory):
+    """``(folder, options)`` of one finished ``usaid-train`` run of :func:`tiny_options` (name ``e2e``, 4 iterations,
+    validated on four 64x64 images: the USA network segments single images of at least 64x64 with batch statistics),
+    run in ``folder``. Shared by the tests that read a finished run (one run instead of one each); they must not
+    write into it."""
+    root = write_image_folder(tmp_path_factory.mktemp('tiny_run'))
+    (root / 'val64').mkdir()
+    for i in range(4):
+        cv2.imwrite(str(root / 'val64' / f'img{i}.png'), smooth_image(np.random.default_rng(i), 64, 64))
+    opt = tiny_options(root, name='e2e')
+    opt['datasets']['val']['dataroot_gt'] = str(root / 'val64')
+    run([console_script('usaid-train'), '-opt', str(write_options(opt, root / 'e2e.yml'))], cwd=root)
+    return root, opt
 
 
 def tiny_options(root, name='tiny', total_iter=4, usa=True, **train_overrides):
@@ -185,3 +207,26 @@ def seeded(hub):
     for model in RELEASED.values():
         shutil.copy(CHECKPOINTS / model.filename, hub / model.filename)
     return hub
+
+
+NO_CUDA = 'no CUDA device (torch.cuda.is_available() is False)'
+
+
+def cuda_skip_reason(needed):
+    """Why a test that needs ``needed`` GPUs cannot run here, or None if it can."""
+    if not torch.cuda.is_available():
+        return NO_CUDA
+    if torch.cuda.device_count() < needed:
+        return f'needs {needed} GPUs (torch.cuda.device_count() is {torch.cuda.device_count()})'
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` (``@pytest.mark.cuda``, ``cuda(gpus=2)``: setup.cfg) skip, saying why, where torch sees
+    no GPU or too few; ``make gpu-check`` runs them and counts the skips. torch.cuda is asked only if some test needs
+    it."""
+    for item in items:
+        marker = item.get_closest_marker('cuda')
+        reason = marker and cuda_skip_reason(marker.kwargs.get('gpus', 1))
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))

@@ -38,7 +38,7 @@ def test_parse_and_build_with_tiny_data(option_file, recipe_images, tmp_path, mo
             dataset_opt['dataroot_gt'] = str(lmdb_path)
         else:
             dataset_opt['dataroot_gt'] = str(folder)
-        dataset_opt['num_worker_per_gpu'] = 0
+        dataset_opt.update(num_worker_per_gpu=0, persistent_workers=False)  # in this process
     opt['path']['pretrain_network_g'] = None
     usa = opt.get('train', {}).get('usa_opt')
     if usa:  # no download in tests: same network, random backbone
@@ -176,6 +176,18 @@ def test_more_gpus_than_the_machine_has(image_folder):
 def test_cuda_prefetch_without_a_gpu(image_folder):
     problem = only_problem(tiny_options(image_folder, prefetch_mode='cuda', pin_memory=True))
     assert problem == 'datasets:train:prefetch_mode: found cuda, but this run has no GPU; expected ~ or cpu'
+
+
+def test_persistent_workers_without_workers_are_named(image_folder):
+    # torch's DataLoader raises for them in the middle of BasicSR's set-up (the recipes keep their workers alive)
+    assert only_problem(tiny_options(image_folder, persistent_workers=True)) == (
+        'datasets:train:persistent_workers: true, but this loader has no worker processes (num_worker_per_gpu: 0); '
+        'expected persistent_workers: false, or num_worker_per_gpu of 1 or more')
+    opt = tiny_options(image_folder)
+    opt['datasets']['val']['persistent_workers'] = True
+    assert only_problem(opt).startswith('datasets:val:persistent_workers: true, but this loader has no worker '
+                                        'processes (BasicSR loads validation and test images in the main process)')
+    assert problems(tiny_options(image_folder, persistent_workers=True, num_worker_per_gpu=1)) == []
 
 
 def test_in_ch_that_does_not_match_the_network(image_folder):

@@ -84,7 +84,7 @@ def tiny_recipes(recipe_images, tmp_path):
             if 'gt_size' in dataset_opt:
                 dataset_opt['gt_size'] = 32
                 dataset_opt['batch_size_per_gpu'] = 2
-                dataset_opt['num_worker_per_gpu'] = 0
+                dataset_opt.update(num_worker_per_gpu=0, persistent_workers=False)  # in this process
         opt['path']['pretrain_network_g'] = None
         opt['num_gpu'] = 0
         usa = opt.get('train', {}).get('usa_opt')

@@ -6,25 +6,16 @@ import subprocess
 import sys
 import time
 
-import cv2
-import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tests.conftest import TRAIN_ENTRY_POINTS, console_script, run, smooth_image, tiny_options, write_options
+from tests.conftest import TRAIN_ENTRY_POINTS, console_script, run, tiny_options, write_options
 from usaid import compat
 
 
-def test_usaid_train_writes_checkpoints_states_events_and_metrics(image_folder, tmp_path):
-    opt = tiny_options(image_folder, name='e2e')
-    (tmp_path / 'val64').mkdir()  # the USA network segments single images of at least 64x64 with batch statistics
-    for i in range(4):
-        cv2.imwrite(str(tmp_path / 'val64' / f'img{i}.png'), smooth_image(np.random.default_rng(i), 64, 64))
-    opt['datasets']['val']['dataroot_gt'] = str(tmp_path / 'val64')
-    opt_file = write_options(opt, tmp_path / 'e2e.yml')
-    run([console_script('usaid-train'), '-opt', str(opt_file)], cwd=tmp_path)
-
+def test_usaid_train_writes_checkpoints_states_events_and_metrics(tiny_run):
+    tmp_path, _ = tiny_run  # usaid-train of tiny_options, validated on 64x64 images (conftest)
     experiment = tmp_path / 'experiments' / 'e2e'
     for name in ('net_g_2.pth', 'net_g_4.pth', 'net_g_latest.pth'):
         checkpoint = torch.load(experiment / 'models' / name, weights_only=True)
@@ -79,14 +70,13 @@ def test_run_interrupted_mid_epoch_and_resumed_ends_with_the_weights_of_an_unint
     assert 'Resuming training from epoch: 1, iter: 6.' in logs
 
 
-def test_usaid_test_writes_results(image_folder, tmp_path):
-    train_opt = tiny_options(image_folder, name='to_test', total_iter=2)
-    run([console_script('usaid-train'), '-opt', str(write_options(train_opt, tmp_path / 't.yml'))], cwd=tmp_path)
+def test_usaid_test_writes_results(image_folder, tmp_path, tiny_run):
+    train_opt = tiny_options(image_folder)
     test_opt = {
         'name': 'tested', 'model_type': 'USAIDModel', 'num_gpu': 0, 'manual_seed': 0,
         'datasets': {'test_1': {**train_opt['datasets']['val'], 'name': 'tiny_sigma25'}},
         'network_g': train_opt['network_g'],
-        'path': {'pretrain_network_g': str(tmp_path / 'experiments/to_test/models/net_g_latest.pth'),
+        'path': {'pretrain_network_g': str(tiny_run[0] / 'experiments/e2e/models/net_g_latest.pth'),
                  'strict_load_g': True, 'param_key_g': 'params'},
         'val': {'save_img': True, 'suffix': None, 'metrics': train_opt['val']['metrics']},
     }

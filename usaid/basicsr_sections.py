@@ -190,6 +190,9 @@ class LoggerOptions(Declaration):
                                        minimum=1)
     use_tb_logger: bool = option(REQUIRED, 'Write TensorBoard logs to tb_logger/<name> (BasicSR\'s logger reads it)')
     wandb: WandbOptions | None = option(None, 'Weights & Biases logging (needs use_tb_logger)')
+    save_format: Literal['pth', 'safetensors'] = option(
+        'pth', "USAIDModel's network checkpoints: net_g_<iter>.pth (torch) or .safetensors (no pickle; the training "
+               "states stay torch files); BasicSR's own models write .pth")
 
 
 @section('dist_params')
@@ -197,6 +200,10 @@ class DistParams(Declaration):
     backend: Literal['nccl', 'gloo'] | None = option(None, 'torch.distributed backend; default: NCCL with GPUs, '
                                                            'gloo without')
     port: int | None = option(None, 'Master port (SLURM launcher)', minimum=1, maximum=65535)
+    timeout: int | None = option(None, 'Seconds a collective may wait for the other processes before the run fails '
+                                       "(torchrun launcher); default: torch's (10 minutes for NCCL). Raise it when "
+                                       'a validation that runs on rank 0 alone (BasicSR\'s SRModel) takes longer',
+                                 minimum=1)
 
 
 @section('datasets:<phase>')
@@ -221,6 +228,12 @@ class LoaderOptions(Declaration):
         for key in ('batch_size_per_gpu', 'num_worker_per_gpu'):
             if self.phase == 'train' and getattr(self, key) is None:
                 yield key, 'missing; expected an integer: the training loader requires it'
+        if self.persistent_workers and (self.phase != 'train' or self.num_worker_per_gpu == 0):
+            # torch's DataLoader raises for persistent workers without workers; BasicSR's test loaders have none
+            yield 'persistent_workers', ('true, but this loader has no worker processes' + (
+                ' (num_worker_per_gpu: 0)' if self.phase == 'train' else ' (BasicSR loads validation and test images '
+                'in the main process)') + '; expected persistent_workers: false' + (
+                ', or num_worker_per_gpu of 1 or more' if self.phase == 'train' else ''))
 
 
 @section('(top level)')
@@ -233,6 +246,11 @@ class OptionFile(Declaration):
                                             minimum=0)
     manual_seed: int | None = option(None, 'Random seed; none draws one', minimum=0, maximum=2**32 - 1)
     find_unused_parameters: bool = option(False, 'DistributedDataParallel\'s find_unused_parameters')
+    data_parallel: bool = option(False, 'Train on num_gpu > 1 GPUs in one process with DataParallel (batch and '
+                                        'workers x num_gpu, BatchNorm and the USA loss on the gathered batch); '
+                                        'without it such a run is refused: use torchrun')
+    deterministic: bool = option(False, 'Reproducible GPU runs: cuDNN benchmark off, deterministic algorithms, no '
+                                        'TF32 (slower); CPU runs are reproducible either way')
     datasets: dict = option(REQUIRED, 'Datasets by phase: train, val, val_<any>, test_<any>')
     network_g: Network = option(REQUIRED, 'The network: type (BasicSR\'s architecture registry) and its arguments')
     path: dict = option(REQUIRED, 'Checkpoints to load and resume from')

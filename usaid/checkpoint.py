@@ -24,6 +24,7 @@ from usaid.extras import require
 _LISTED = 5  # keys quoted in a message
 EXPORT_KINDS = {'.onnx': 'an ONNX model', '.pt2': 'a torch.export program'}  # refused with what to give instead
 SAFETENSORS_LAYOUT = 'basicsr'  # the metadata 'format' of the safetensors files written here
+SAVE_FORMATS = {'pth': '.pth', 'safetensors': '.safetensors'}  # logger:save_format: the suffix of network checkpoints
 
 
 def save_atomically(obj, path):
@@ -66,6 +67,34 @@ def write_atomically(path, write, replace=True, then='run again'):
         advice = 'Free disk space' if full else 'Fix the cause'
         raise CheckpointError(f'{path}: could not be written ({getattr(error, "strerror", None) or error}); {kept}. '
                               f'{advice} and {then}.') from error
+
+
+def save_network_file(checkpoint, path, save_format='pth', network_opt=None):
+    """Write BasicSR's network checkpoint ``{param_key: state dict}`` to ``path`` atomically, as a torch file
+    (``pth``) or as safetensors (:func:`safetensors_bytes`, naming ``network_opt``); :func:`load_checkpoint` reads
+    either back."""
+    if save_format == 'safetensors':
+        content = safetensors_bytes(checkpoint, network_opt)
+        write_atomically(path, lambda f: f.write(content), then='resume with --auto_resume')
+    else:
+        save_atomically(checkpoint, path)
+
+
+def saved_networks(models, label='net_g'):
+    """The numbered network checkpoints ``<label>_<iter>`` of a training run's ``models`` folder, in any of
+    :data:`SAVE_FORMATS`, by iteration."""
+    pattern = re.compile(re.escape(label) + r'_(\d+)(' + '|'.join(map(re.escape, SAVE_FORMATS.values())) + ')$')
+    found = [(int(m.group(1)), m.group(0)) for m in map(pattern.match, os.listdir(models) if osp.isdir(models) else [])
+             if m]
+    return [osp.join(models, name) for _, name in sorted(found)]
+
+
+def saved_network(models, label='net_g', iteration='latest'):
+    """The checkpoint ``<models>/<label>_<iteration>`` a run saved, in whichever of :data:`SAVE_FORMATS` exists (the
+    newest file if both do: a run whose ``logger:save_format`` changed); None if none exists."""
+    paths = [osp.join(models, f'{label}_{iteration}{suffix}') for suffix in SAVE_FORMATS.values()]
+    paths = [p for p in paths if osp.isfile(p)]
+    return max(paths, key=osp.getmtime) if paths else None
 
 
 def _umask():

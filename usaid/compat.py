@@ -6,20 +6,21 @@ modules, so every BasicSR model and entry point benefits, not only U-SAID's. Eac
 where upstream tracks it.
 """
 import atexit
+import datetime
 import importlib
 import importlib.machinery
 import os
+import socket
 import sys
 import types
 from os import path as osp
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 from usaid import yaml_io
-from usaid.errors import CheckpointError
+from usaid.errors import CheckpointError, OptionError
 from usaid.output_folders import archive_and_make, lock_folder, make_folder
 
 _applied = False
@@ -38,27 +39,52 @@ def _alias_functional_tensor():
         sys.modules[name] = alias
 
 
+# num_gpu and dist_params of the option file being parsed (set by force_yml_checked's parser): BasicSR calls
+# init_dist before it has read them into its options, and passes dist_params only to the SLURM launcher
+_launch_options = {}
+
+
+def uses_gpus(num_gpu):
+    """Whether a run with ``num_gpu`` (an int or ``'auto'``) uses GPUs on this machine."""
+    return torch.cuda.is_available() and num_gpu != 0
+
+
 def init_dist(launcher, backend=None, **kwargs):
     """Replaces ``basicsr.utils.dist_util.init_dist`` as seen by ``parse_options``.
 
-    1.4.2 hard-codes NCCL and ``torch.cuda.set_device(RANK % num_gpus)``: a CPU run (gloo) divides by zero, and
-    on several nodes RANK is not the local GPU index. Here the device comes from ``LOCAL_RANK`` (set by torchrun)
-    and the backend is NCCL with GPUs, gloo without (upstream: basicsr/utils/dist_util.py, no issue filed).
+    1.4.2 hard-codes NCCL and ``torch.cuda.set_device(RANK % num_gpus)``: a CPU run (gloo) divides by zero, a run with
+    ``num_gpu: 0`` on a machine with GPUs puts CPU tensors into NCCL collectives, and on several nodes RANK is not the
+    local GPU index (upstream: basicsr/utils/dist_util.py, no issue filed). Here the backend is NCCL when the run uses
+    GPUs (``num_gpu`` not 0 and GPUs visible), gloo otherwise, or ``dist_params: backend``; the device comes from
+    ``LOCAL_RANK`` (set by torchrun); ``dist_params: timeout`` (seconds) bounds every collective.
+
+    1.4.2 also switches every later process to ``spawn``, so each data-loader worker re-imports torch, BasicSR and
+    U-SAID; workers that never touch CUDA fork safely from a process that uses it, so the platform default is kept.
     """
-    if mp.get_start_method(allow_none=True) is None:
-        mp.set_start_method('spawn')
-    use_cuda = torch.cuda.is_available()
+    params = {**(_launch_options.get('dist_params') or {}), **kwargs, **({'backend': backend} if backend else {})}
+    on_gpus = uses_gpus(_launch_options.get('num_gpu', 'auto'))
+    backend = params.get('backend') or ('nccl' if on_gpus else 'gloo')
+    if backend == 'nccl' and not on_gpus:
+        raise OptionError(_launch_options.get('option_file'), [
+            'dist_params: backend: nccl needs GPUs, and this run uses none (num_gpu: 0, or no GPU visible); expected '
+            'gloo, or no backend (gloo is chosen for CPU processes)'])
+    timeout = params.get('timeout')
+    timeout = {'timeout': datetime.timedelta(seconds=timeout)} if timeout else {}
     if launcher == 'pytorch':
-        if use_cuda:
+        if on_gpus:
             torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
-        dist.init_process_group(backend=backend or ('nccl' if use_cuda else 'gloo'), **kwargs)
+        dist.init_process_group(backend=backend, **timeout)
         _destroy_process_group_at_exit()
     elif launcher == 'slurm':
         from basicsr.utils.dist_util import _init_dist_slurm
-        if not use_cuda:
+        if not on_gpus:
             raise RuntimeError('--launcher slurm needs GPUs; on CPU start the processes with torchrun and '
                                '--launcher pytorch.')
-        _init_dist_slurm(backend or 'nccl', **kwargs)
+        if timeout:
+            raise OptionError(_launch_options.get('option_file'), [
+                "dist_params: timeout is not passed on by BasicSR's SLURM launcher; expected no timeout with "
+                '--launcher slurm, or the processes started by torchrun (srun torchrun ... --launcher pytorch)'])
+        _init_dist_slurm(backend, port=params.get('port'))
     else:
         raise ValueError(f'--launcher {launcher!r}: expected none, pytorch or slurm.')
 
@@ -112,13 +138,6 @@ def get_optimizer(self, optim_type, params, lr, **kwargs):
         raise ValueError(f'train: optim_g: type: {optim_type!r} is not an optimizer of torch.optim; '
                          f'expected one of {", ".join(sorted(OPTIMIZERS))}.')
     return OPTIMIZERS[optim_type](params, lr, **kwargs)
-
-
-def map_location(opt):
-    """The device a training state is loaded onto: this process's GPU when the run uses GPUs, else the CPU."""
-    if opt.get('num_gpu', 0) != 0 and torch.cuda.is_available():
-        return torch.device('cuda', torch.cuda.current_device())
-    return torch.device('cpu')
 
 
 def latest_training_state(state_dir):
@@ -188,10 +207,41 @@ def load_training_state(path, device):
     return state
 
 
+def sampler_layout(opt):
+    """``(replicas, batch_size)`` of the training sampler of a run with options ``opt``: the processes that split each
+    epoch, and the samples each takes per iteration (as ``basicsr.data.build_dataloader`` batches them)."""
+    per_process = 1 if opt['dist'] or opt['num_gpu'] <= 1 else opt['num_gpu']
+    return opt['world_size'] if opt['dist'] else 1, opt['datasets']['train']['batch_size_per_gpu'] * per_process
+
+
+def agree_on_resume_path(path):
+    """Under torchrun, the training state rank 0 chose (None: a new run), the same on every rank, which every rank must
+    be able to read: a rank that decided from its own disk (another node's ``--auto_resume``) would start from
+    iteration 0 with a fresh optimizer while the others resume, and the replicas would drift apart silently.
+    Raises ``CheckpointError`` on every rank if a rank cannot see the file."""
+    if not dist.is_initialized():
+        return path
+    chosen = [path]
+    dist.broadcast_object_list(chosen, src=0)
+    path = chosen[0]
+    views = [None] * dist.get_world_size()
+    dist.all_gather_object(views, (dist.get_rank(), socket.gethostname(), path is None or osp.isfile(path)))
+    blind = [f'rank {rank} on {host}' for rank, host, visible in views if not visible]
+    if blind:
+        raise CheckpointError(
+            f'{path}: rank 0 resumes from this training state, which {", ".join(blind)} cannot read; expected the '
+            "experiments folder on a filesystem every node shares (BasicSR saves checkpoints on rank 0 only), "
+            'or path:resume_state naming a file every node can read.')
+    return path
+
+
 def load_resume_state(opt):
     """Replaces ``basicsr.train.load_resume_state``. 1.4.2 looks for ``experiments/<name>/training_states``
-    relative to the current directory (not to the run's ``root_path``) and loads with
-    ``storage.cuda(torch.cuda.current_device())``, which fails without a GPU (upstream: basicsr/train.py).
+    relative to the current directory (not to the run's ``root_path``), loads with
+    ``storage.cuda(torch.cuda.current_device())``, which fails without a GPU and, on a GPU, leaves Adam's step counters
+    there (two host syncs per parameter per step), and lets each rank decide from its own disk (upstream:
+    basicsr/train.py). Here the state is loaded onto the CPU (the optimizers' ``load_state_dict`` moves each tensor to
+    its parameter's device, and keeps the step counters on the CPU), and rank 0 decides (:func:`agree_on_resume_path`).
 
     It runs before BasicSR makes (or, resuming, reuses) the experiment folder, so the folder is locked here first
     (rank 0, :func:`usaid.output_folders.lock_folder`). An explicit ``path:resume_state`` must be a state of this run
@@ -204,19 +254,26 @@ def load_resume_state(opt):
     if opt['rank'] == 0:
         lock_folder(opt['path']['experiments_root'])
     if opt['auto_resume']:
-        resume_path = latest_training_state(opt['path']['training_states'])
+        resume_path = agree_on_resume_path(latest_training_state(opt['path']['training_states']))
         if resume_path is not None:
             opt['path']['resume_state'] = resume_path
     else:
-        resume_path = opt['path'].get('resume_state')
+        resume_path = agree_on_resume_path(opt['path'].get('resume_state'))
     if resume_path is None:
         return None
-    resume_state = load_training_state(resume_path, map_location(opt))
+    resume_state = load_training_state(resume_path, torch.device('cpu'))
     check_resume(opt, resume_state['iter'])
-    # for ResumableSampler: skip, in the interrupted epoch, the batches already trained on
-    train_opt = opt['datasets']['train']
-    per_process = 1 if opt['dist'] or opt['num_gpu'] <= 1 else opt['num_gpu']  # as basicsr.data.build_dataloader
-    train_opt['resume'] = {'iter': resume_state['iter'], 'batch_size': train_opt['batch_size_per_gpu'] * per_process}
+    from usaid.checkpoint import saved_network
+    for key, weights in opt['path'].items():  # check_resume names net_*_<iter>.pth; logger:save_format may differ
+        if key.startswith('pretrain_network') and isinstance(weights, str) and weights.endswith('.pth'):
+            label, iteration = osp.basename(weights)[:-len('.pth')].rsplit('_', 1)
+            opt['path'][key] = saved_network(osp.dirname(weights), label, iteration) or weights
+    # for ResumableSampler: skip, in the interrupted epoch, the batches already trained on, and the layout they had
+    replicas, batch_size = sampler_layout(opt)
+    opt['datasets']['train']['resume'] = {
+        'iter': resume_state['iter'], 'batch_size': batch_size, 'replicas': replicas, 'state': resume_path,
+        'saved_batch_size': resume_state.get('batch_size', batch_size),  # BasicSR's models do not record them
+        'saved_replicas': resume_state.get('world_size', replicas)}
     return resume_state
 
 
@@ -236,22 +293,80 @@ def force_yml_checked(parse):
     (upstream: basicsr/utils/options.py, no issue filed). The entries are applied to the option file first
     (:func:`usaid.yaml_io.apply_overrides`: one ``OptionError`` naming every bad one) and the result is checked
     (:func:`usaid.options.check_options`: BasicSR's parse reads ``datasets``, ``path``, ``name`` ... right away);
-    BasicSR then applies them.
+    BasicSR then applies them. The file's ``num_gpu`` and ``dist_params`` are kept for :func:`init_dist`, and the
+    parsed options are checked by :func:`check_parallelism` before anything is written.
 
     Args:
         parse (callable): BasicSR's ``parse_options``.
     """
     def parse_options(root_path, is_train=True):
         option_file, entries = _force_yml_arguments()
-        if option_file and entries:
+        if option_file:
             from usaid.options import check_options, load_option_file
             opt = load_option_file(option_file)
-            yaml_io.apply_overrides(opt, entries, option_file)
-            check_options(opt, f'{option_file} with --force_yml', is_train)
-        return parse(root_path, is_train)
+            if entries:
+                yaml_io.apply_overrides(opt, entries, option_file)
+                check_options(opt, f'{option_file} with --force_yml', is_train)
+            _launch_options.update(option_file=option_file, num_gpu=opt.get('num_gpu', 'auto'),
+                                   dist_params=opt.get('dist_params'))
+        opt, args = parse(root_path, is_train)
+        check_parallelism(opt)
+        return opt, args
 
     parse_options.__doc__ = f'{parse.__doc__ or ""}\n(--force_yml checked first by usaid.compat.force_yml_checked.)'
     return parse_options
+
+
+def check_parallelism(opt):
+    """BasicSR trains on ``num_gpu > 1`` GPUs without a launcher in one process with ``DataParallel``, silently
+    (``num_gpu: auto`` on a machine with several GPUs): the batch and the workers are multiplied by the number of GPUs
+    at the same learning rate, and BatchNorm and the USA loss see the batch gathered on the first GPU: a different
+    objective than the recipe's (upstream: basicsr/models/base_model.py). Refused unless ``data_parallel: true``.
+    """
+    if not opt['is_train'] or opt['dist'] or opt['num_gpu'] in (0, 1) or not torch.cuda.is_available():
+        return
+    if not opt.get('data_parallel', False):
+        raise OptionError(_launch_options.get('option_file'), [
+            f"num_gpu: {opt['num_gpu']} GPUs in one process would train with DataParallel (batch and workers x "
+            f"{opt['num_gpu']}, the same learning rate, BatchNorm and the USA loss on the gathered batch); expected "
+            f"torchrun --nproc_per_node={opt['num_gpu']} ... --launcher pytorch, or num_gpu: 1, or data_parallel: "
+            'true to train with DataParallel anyway'])
+    import logging
+    logging.getLogger('basicsr').warning(
+        f"data_parallel: training with DataParallel on {opt['num_gpu']} GPUs: the batch is "
+        f"{opt['num_gpu']} x batch_size_per_gpu at the same learning rate.")
+
+
+def apply_determinism(opt):
+    """GPU settings of a run, chosen by the top-level ``deterministic``. BasicSR turns the cuDNN benchmark on (fastest
+    algorithm per shape, chosen by timing: not reproducible), and torch runs float32 convolutions as TF32 on Ampere and
+    newer GPUs; ``deterministic: true`` turns both off and asks torch for deterministic algorithms. Logged either way.
+    """
+    deterministic = bool(opt.get('deterministic', False))
+    if deterministic:
+        # cuBLAS needs a fixed workspace for deterministic results; read when CUDA initialises its handles
+        os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+    torch.backends.cudnn.benchmark = not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.allow_tf32 = not deterministic
+    if deterministic:  # matrix products are float32 by default; a user's own TF32 choice stands otherwise
+        torch.backends.cuda.matmul.allow_tf32 = False
+    torch.use_deterministic_algorithms(deterministic)
+    if uses_gpus(opt.get('num_gpu', 0)):
+        from basicsr.utils import get_root_logger
+        get_root_logger().info(
+            'deterministic: true: cuDNN benchmark off, deterministic algorithms, no TF32; GPU results repeat exactly'
+            if deterministic else 'deterministic: false: cuDNN benchmark on and TF32 convolutions (torch\'s default on '
+            'Ampere and newer): fastest, but GPU results vary between runs and differ from float32 on the CPU; '
+            'deterministic: true makes them repeat')
+
+
+def build_model(opt):
+    """``basicsr.models.build_model`` after :func:`apply_determinism`: the pipelines build the model after setting
+    ``cudnn.benchmark`` themselves (upstream: basicsr/train.py)."""
+    from basicsr.models import build_model as build
+    apply_determinism(opt)
+    return build(opt)
 
 
 def mkdir_and_rename(path):
@@ -294,9 +409,9 @@ def _stand_in_version_module():
     sys.modules['basicsr.version'] = module
 
 
-# Functions that BasicSR's train.py defines itself: run as a script, the file is ``__main__``, not ``basicsr.train``,
-# and these names in its namespace are replaced by :func:`adopt_script` (upstream: basicsr/train.py).
-SCRIPT_FIXES = {'load_resume_state': load_resume_state}
+# Functions that BasicSR's train.py defines or imports itself: run as a script, the file is ``__main__``, not
+# ``basicsr.train``, and these names in its namespace are replaced by :func:`adopt_script` (upstream: basicsr/train.py).
+SCRIPT_FIXES = {'load_resume_state': load_resume_state, 'build_model': build_model}
 
 
 def adopt_script(namespace):
@@ -341,6 +456,7 @@ def apply():
     for module in (basicsr.utils, basicsr.utils.misc, basicsr.train):
         module.mkdir_and_rename = mkdir_and_rename
     basicsr.train.load_resume_state = load_resume_state
+    basicsr.train.build_model = basicsr.test.build_model = build_model
     # BasicSR restarts an interrupted epoch from its start and ties sample randomness to worker streams; the same
     # sampler, resumable and numbering samples (upstream: basicsr/train.py, basicsr/data/data_sampler.py)
     basicsr.data.data_sampler.EnlargedSampler = ResumableSampler

@@ -13,7 +13,7 @@ from torch import nn
 from usaid import yaml_io
 from usaid.archs import USAID
 from usaid.arguments import check_at_least
-from usaid.checkpoint import canonical_state_dict, stored_network_options
+from usaid.checkpoint import canonical_state_dict, saved_network, stored_network_options
 from usaid.inference import InferenceNetwork
 from usaid.released import NETWORK as RELEASED_NETWORK
 from usaid.released import RELEASED, is_released_name, released_name_like, released_path
@@ -34,10 +34,10 @@ def resolve_model(spec):
         return dict(RELEASED_NETWORK), released_path(spec), None
     if osp.isdir(spec):
         options = sorted(glob.glob(osp.join(spec, '*.yml')))
-        weights = osp.join(spec, 'models', 'net_g_latest.pth')
-        if not options or not osp.isfile(weights):
+        weights = saved_network(osp.join(spec, 'models'))  # .pth or .safetensors (logger:save_format)
+        if not options or weights is None:
             raise ValueError(f'{spec}: expected an experiment folder with its option file (*.yml) and '
-                             'models/net_g_latest.pth.')
+                             'models/net_g_latest.pth (or .safetensors).')
         with open(options[0]) as f:
             opt = yaml_io.load(f)
         return dict(opt['network_g']), weights, 'params_ema' if (opt.get('train') or {}).get('ema_decay') else 'params'

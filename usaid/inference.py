@@ -26,8 +26,10 @@ from usaid.network_probe import PROBE_SIZE, pad_to_multiple, size_multiple
 
 ConvAlgo = Literal['auto', 'winograd', 'direct']
 Precision = Literal['fp32', 'bf16']
+TrainingPrecision = Literal['fp32', 'bf16', 'fp16']  # fp16 needs a gradient scaler: training only (USAIDModel)
 CONV_ALGOS = get_args(ConvAlgo)
 PRECISIONS = get_args(Precision)
+AUTOCAST_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
 
 def check_precision(precision, key='precision'):
@@ -201,10 +203,13 @@ class InferenceNetwork(nn.Module):
 
 
 def precision_autocast(device, precision='fp32'):
-    """The autocast context of ``precision`` on ``device``: none for 'fp32', bfloat16 autocast for 'bf16'."""
-    if check_precision(precision) == 'fp32':
+    """The autocast context of ``precision`` on ``device``: none for 'fp32', bfloat16 autocast for 'bf16', float16
+    autocast for 'fp16' (training only: its gradients need :class:`torch.amp.GradScaler`, which USAIDModel owns)."""
+    if precision == 'fp32':
         return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(f'precision {precision!r}: expected one of fp32, {", ".join(AUTOCAST_DTYPES)}.')
+    return torch.autocast(torch.device(device).type, dtype=AUTOCAST_DTYPES[precision])
 
 
 def add_inference_arguments(parser):

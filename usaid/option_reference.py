@@ -56,6 +56,7 @@ def reference_markdown():
     """The text of ``docs/options.md``."""
     from usaid.basicsr_sections import (DistParams, LoaderOptions, LoggerOptions, MetricExtra, OptionFile,
                                         WandbOptions)
+    from usaid.models.usaid_model import GradClipOptions
     components, model = _components()
     sections = model.option_sections
     lines = ['# Option reference', '',
@@ -74,6 +75,7 @@ def reference_markdown():
     lines += _table(sections.top, 'Top level: USAIDModel')
     lines += _table(sections.train, '`train`')
     lines += _table(sections.train.__dataclass_fields__['non_finite_loss'].type, '`train:non_finite_loss`')
+    lines += _table(GradClipOptions, '`train:grad_clip`')
     lines += _table(sections.val, '`val`')
     lines += _table(MetricExtra, '`val:metrics:<name>`', 'A metric\'s `type` (BasicSR\'s metric registry) and its '
                                                         'arguments, and:')

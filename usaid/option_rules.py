@@ -104,7 +104,7 @@ def gpus_present(opt, check):
     if _is_int(value) and value > available:
         check.problem('num_gpu', f'found {value}, but this machine has {available} GPU{"s" * (available != 1)} '
                                  f'(torch.cuda.device_count()); expected at most {available}, or auto')
-    train_set = (opt.get('datasets') or {}).get('train') if isinstance(opt.get('datasets'), dict) else None
+    train_set = opt['datasets'].get('train') if isinstance(opt.get('datasets'), dict) else None
     if isinstance(train_set, dict) and train_set.get('prefetch_mode') == 'cuda':
         if not torch.cuda.is_available() or value == 0:
             check.problem('datasets:train:prefetch_mode', 'found cuda, but this run has no GPU; expected ~ or cpu')
@@ -182,9 +182,27 @@ def metrics_fit_images(opt, facts, check):
                                                      'this metric left out')
 
 
+def micro_batch(opt):
+    """``datasets:train:batch_size_per_gpu`` and ``train:accumulate`` (1 if not an integer: reported elsewhere)."""
+    train_set = opt['datasets'].get('train') if isinstance(opt.get('datasets'), dict) else None
+    batch = train_set.get('batch_size_per_gpu') if isinstance(train_set, dict) else None
+    accumulate = opt['train'].get('accumulate', 1) if isinstance(opt.get('train'), dict) else 1
+    return batch, accumulate if _is_int(accumulate) and accumulate > 0 else 1
+
+
+def accumulate_divides_batch(opt, check):
+    """``train:accumulate`` splits each batch into micro-batches of equal size (USAIDModel)."""
+    batch, accumulate = micro_batch(opt)
+    if _is_int(batch) and batch > 0 and batch % accumulate:
+        check.problem('train:accumulate', f'found {accumulate}, which does not divide datasets:train:'
+                                          f'batch_size_per_gpu {batch}; expected a divisor of it (each batch is split '
+                                          'into accumulate micro-batches of equal size)')
+
+
 def usa_batch_statistics(opt, check):
     """The USA network with batch statistics can segment a training batch (:func:`~usaid.archs.usanet_arch.
-    batch_statistics_problem`): a batch of one 32x32 crop cannot be normalised."""
+    batch_statistics_problem`): a batch of one 32x32 crop cannot be normalised. With ``train:accumulate`` it
+    segments micro-batches."""
     datasets, train = opt.get('datasets'), opt.get('train')
     train_set = datasets.get('train') if isinstance(datasets, dict) else None
     usa = train.get('usa_opt') if isinstance(train, dict) else None
@@ -193,12 +211,13 @@ def usa_batch_statistics(opt, check):
             p.startswith(('train:usa_opt', 'datasets:train')) for p in check.problems):
         return
     bn_mode = USANet.Options(**{k: v for k, v in network.items() if k != 'type'}).bn_mode
-    batch, gt_size = train_set.get('batch_size_per_gpu'), train_set.get('gt_size')
+    (batch, accumulate), gt_size = micro_batch(opt), train_set.get('gt_size')
     if _is_int(batch) and _is_int(gt_size) and batch > 0 and gt_size > 0:
-        problem = batch_statistics_problem(bn_mode, batch, gt_size, gt_size)
+        problem = batch_statistics_problem(bn_mode, max(batch // accumulate, 1), gt_size, gt_size)
         if problem:
-            check.problem('datasets:train:batch_size_per_gpu', f'found {batch} with gt_size {gt_size}, but {problem} '
-                                                               '(or train:usa_opt:network:bn_mode: eval)')
+            split = f' split into {accumulate} micro-batches (train:accumulate)' if accumulate > 1 else ''
+            check.problem('datasets:train:batch_size_per_gpu', f'found {batch}{split} with gt_size {gt_size}, but '
+                                                               f'{problem} (or train:usa_opt:network:bn_mode: eval)')
 
 
 def checkpoint_fits(opt, facts, check):

@@ -110,6 +110,7 @@ def _walk(opt, is_train, check):
     option_rules.metrics_fit_images(opt, facts, check)
     if not any(p.startswith('network_g') for p in check.problems):
         option_rules.network_runs(opt, facts, check)
+    option_rules.accumulate_divides_batch(opt, check)
     option_rules.usa_batch_statistics(opt, check)
 
 

@@ -30,7 +30,16 @@ def test_original_initialisation():
 def test_gray_and_no_bn_variants():
     net = USAID(num_in_ch=1, num_out_ch=1, num_layers=17, use_bn=False)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
-    assert net(torch.rand(1, 1, 8, 8)).shape == (1, 1, 8, 8)
+    x = torch.rand(1, 1, 8, 8)
+    # the residual DnCNN written out: conv + ReLU, 15 x (conv + ReLU), conv; the image minus the predicted noise
+    weights = [m.weight for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [tuple(w.shape[:2]) for w in weights] == [(64, 1)] + [(64, 64)] * 15 + [(1, 64)]
+    r = x
+    for w in weights[:-1]:
+        r = torch.relu(torch.nn.functional.conv2d(r, w, padding=1))
+    expected = x - torch.nn.functional.conv2d(r, weights[-1], padding=1)
+    with torch.no_grad():
+        assert torch.allclose(net(x), expected, atol=1e-6)
     with pytest.raises(ValueError, match='num_out_ch'):
         USAID(num_in_ch=3, num_out_ch=1)
 

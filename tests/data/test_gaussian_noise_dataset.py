@@ -89,7 +89,12 @@ def test_sixteen_bit_images_keep_their_precision(tmp_path):
 
 def test_gray_input_channels(image_folder):
     sample = dataset(image_folder / 'val', in_ch=1)[0]
-    assert sample['lq'].shape == (1, 32, 32)
+    assert sample['lq'].shape == sample['gt'].shape == (1, 32, 32)
+    gray = cv2.imread(sample['gt_path'], cv2.IMREAD_GRAYSCALE)[..., None].astype(np.float32) / 255.  # OpenCV's gray
+    np.random.seed(0)
+    noisy = gray + np.random.normal(0, 25 / 255., gray.shape)  # the protocol's noise on the H x W x 1 array
+    assert torch.equal(sample['gt'], torch.from_numpy(gray).permute(2, 0, 1))
+    assert np.allclose(sample['lq'].permute(1, 2, 0).numpy(), noisy, atol=1e-6)
 
 
 # ---- bad images: an error for validation and test, a counted warning and the file skipped for training --------

@@ -69,9 +69,14 @@ def test_any_basicsr_network_and_adamw(image_folder, tmp_path):
     opt['train']['optim_g'] = {'type': 'AdamW', 'lr': 1e-3, 'weight_decay': 0.01}
     model = build(opt, tmp_path)
     assert isinstance(model.optimizer_g, torch.optim.AdamW)
+    before = [p.detach().clone() for p in model.net_g.parameters()]
     model.feed_data(batch(image_folder))
     model.optimize_parameters(1)
     assert set(model.get_current_log()) == {'l_pix', 'l_usa', 'l_total', 'lr'}
+    # AdamW's first step: w <- w (1 - lr wd) - lr g / (|g| + eps), so the step beyond the decay is at most lr
+    steps = [(a.detach() - b * (1 - 1e-3 * 0.01)).abs() for a, b in zip(model.net_g.parameters(), before)]
+    assert max(s.max().item() for s in steps) < 1e-3 * 1.001
+    assert sum((s > 0.9e-3).sum().item() for s in steps) > 0.5 * sum(s.numel() for s in steps)  # most moved by ~lr
 
 
 def test_pixel_loss_is_required(image_folder, tmp_path):
@@ -139,8 +144,9 @@ def test_bf16_options_train_close_to_fp32_and_bad_precision_is_named(image_folde
     for name in ('l_pix', 'l_usa'):
         assert torch.isfinite(bf16.loss_terms[name])
         assert torch.allclose(bf16.loss_terms[name], fp32.loss_terms[name], rtol=0.05)
-    opt['train']['precision'] = 'fp16'
-    with pytest.raises(ValueError, match="train: precision: found 'fp16' \\(a string\\); expected one of fp32, bf16"):
+    opt['train']['precision'] = 'fp8'
+    with pytest.raises(ValueError, match="train: precision: found 'fp8' \\(a string\\); expected one of fp32, bf16, "
+                                         "fp16"):
         build(opt, tmp_path)
     opt['train']['precision'], opt['train']['usa_opt']['precision'] = 'fp32', 'half'
     with pytest.raises(ValueError, match="usa_opt:precision: found 'half'"):

@@ -16,6 +16,7 @@ from torch.utils import data
 
 from usaid.basicsr_sections import LoaderOptions
 from usaid.data.data_util import IMAGE_EXTENSIONS, add_protocol_noise
+from usaid.data.image_cache import ImageCache, cache_limit, format_bytes
 from usaid.data.image_scan import scan_folder_images, scan_lmdb_images
 from usaid.declarations import REQUIRED, Declaration, declared, option
 
@@ -150,6 +151,20 @@ def collect_images(options):
     return [info.path for info in good], warnings
 
 
+def decoded_bytes(options, paths):
+    """``{path: bytes}``: what :func:`decode_raw` will make of each of ``paths`` (as :func:`collect_images` returns
+    them for the parsed ``options``), from the headers or an LMDB's meta_info.txt; images of unknown size are left
+    out."""
+    if options.io_backend.type == 'lmdb':
+        infos = scan_lmdb_images(osp.abspath(options.dataroot_gt))[0]
+    else:
+        infos = scan_folder_images(tuple(paths))
+    channels = 1 if options.in_ch == 1 else 3
+    wanted = set(paths)
+    return {info.path: info.height * info.width * channels * (2 if info.bits == 16 else 1) for info in infos
+            if info.path in wanted and info.height}
+
+
 @contextmanager
 def python_random_seeded(seed):
     """Run a block on Python's ``random`` seeded with ``seed``, restoring the previous state afterwards."""
@@ -161,10 +176,9 @@ def python_random_seeded(seed):
         random.setstate(state)
 
 
-def decode_image(content, path, in_ch=3):
-    """Decode image bytes to an H x W x ``in_ch`` float32 array in [0, 1], BGR like BasicSR's ``imfrombytes``.
+def decode_raw(content, path, in_ch=3):
+    """Decode image bytes as OpenCV does, BGR: H x W x 3 (H x W for ``in_ch`` 1), uint8, uint16 for 16-bit files.
 
-    Unlike ``imfrombytes(float32=True)``, 16-bit images keep their precision (divided by 65535, not 255).
     Colour images become gray for ``in_ch`` 1, gray images are repeated for ``in_ch`` 3, alpha is dropped.
     """
     if content is None:  # FileClient's LMDB answer for a key it does not hold
@@ -173,11 +187,24 @@ def decode_image(content, path, in_ch=3):
     img = cv2.imdecode(np.frombuffer(content, np.uint8), flag)
     if img is None:
         raise ValueError(f'{path}: cannot be decoded as an image (corrupt or truncated).')
+    return img
+
+
+def to_float(img):
+    """A decoded image (or a crop of one) as a new H x W x C float32 array in [0, 1]: integers divided by their
+    type's maximum (16-bit images keep their precision, unlike ``imfrombytes(float32=True)``); element by element,
+    so converting a crop equals cropping the converted image."""
     if np.issubdtype(img.dtype, np.integer):
         img = img.astype(np.float32) / np.iinfo(img.dtype).max
     else:
         img = img.astype(np.float32)
     return img[..., None] if img.ndim == 2 else img
+
+
+def decode_image(content, path, in_ch=3):
+    """Decode image bytes to an H x W x ``in_ch`` float32 array in [0, 1], BGR like BasicSR's ``imfrombytes``
+    (:func:`decode_raw`, then :func:`to_float`)."""
+    return to_float(decode_raw(content, path, in_ch))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -218,6 +245,9 @@ class GaussianNoiseDataset(data.Dataset):
     randomness comes from a generator seeded with that number and with a base seed drawn at construction (after
     BasicSR seeded the process with ``manual_seed + rank``): the same data whatever the number of workers, and the
     same data after a resume. Given a plain image index (another sampler), it draws from Python's ``random``.
+    The training images are decoded once, at construction, into memory shared with the loader's workers (up to
+    ``cache_bytes``; :class:`~usaid.data.image_cache.ImageCache`), and a patch is a crop of it: the same samples as
+    decoding the image for each patch, at a fraction of the cost. The log says which images were cached and why.
 
     Validation and test: exactly the literature's protocol, so results compare with published tables: for each
     image, a generator seeded with ``noise_seed`` draws ``normal(0, sigma / 255)`` over the whole H x W x C RGB float
@@ -244,6 +274,9 @@ class GaussianNoiseDataset(data.Dataset):
         sigma: float | tuple[float, ...] = option(REQUIRED, 'Noise level(s), 0-255 scale: a number for fixed, '
                                                             '[low, high] for uniform, a list for choice')
         noise_seed: int = option(0, 'Validation/test seed, the same for every image', minimum=0)
+        cache_bytes: int = option(8 * 2**30, 'Training: keep decoded images (uint8) in memory shared by the loader '
+                                             'workers, up to this many bytes per process (and half the available '
+                                             'memory); the rest are decoded for each patch. 0: no cache', minimum=0)
         phase: str = option('test', 'train, val or test: set by BasicSR from the datasets key')
 
         def __post_init__(self):
@@ -287,6 +320,43 @@ class GaussianNoiseDataset(data.Dataset):
         if self.io_backend_opt['type'] == 'lmdb':
             self.io_backend_opt['db_paths'] = [opt['dataroot_gt']]
             self.io_backend_opt['client_keys'] = ['gt']
+        self.cache = None
+        if self.phase == 'train':
+            message = self._build_cache(options)
+            logging.getLogger('basicsr').info(f"datasets: {opt.get('name')}: {message}.")
+
+    def _build_cache(self, options):
+        """Decode the training images into :attr:`cache` (up to the byte limit); returns the log line saying which
+        data path was chosen and why."""
+        if options.cache_bytes == 0:
+            return 'cache off (cache_bytes 0): each patch decodes its image'
+        planned = decoded_bytes(options, self.paths)
+        needed = sum(planned.values())
+        limit, why = cache_limit(options.cache_bytes)
+        backend = dict(self.io_backend_opt)
+        client = FileClient(backend.pop('type'), **backend)  # closed after: workers open theirs (LMDB: not forked)
+
+        def read(path):
+            return decode_raw(client.get(path, 'gt'), path, self.in_ch)
+
+        try:
+            self.cache = ImageCache(self.paths, planned, limit, read, threads=min(8, os.cpu_count() or 1))
+        except OSError as error:
+            return (f'cache off: {format_bytes(min(needed, limit))} of memory cannot be reserved ({error}): each '
+                    'patch decodes its image')
+        finally:
+            for env in getattr(client.client, '_client', {}).values():  # LMDB environments
+                env.close()
+        cache = self.cache
+        if not len(cache):
+            self.cache = None
+            return f'cache off: no image fits the limit of {format_bytes(limit)} ({why}): each patch decodes its image'
+        text = (f'cache: {len(cache):,} of {len(self.paths):,} images, {format_bytes(cache.size)} in shared memory, '
+                f'decoded in {cache.seconds:.1f} s (limit {format_bytes(limit)}: {why})')
+        if cache.skipped:
+            text += (f'; {cache.skipped:,} image(s) beyond the limit or of unknown size (those known: '
+                     f'{format_bytes(max(needed - cache.size, 0))}) are decoded for each patch')
+        return text
 
     def _draw_sigma(self):
         if self.sigma_type == 'fixed':
@@ -298,6 +368,10 @@ class GaussianNoiseDataset(data.Dataset):
     def __getitem__(self, index):
         if self.file_client is None:  # opened in the worker process, as BasicSR's datasets do
             self.file_client = FileClient(self.io_backend_opt.pop('type'), **self.io_backend_opt)
+            if self.cache is not None and self.cache.unreachable:
+                logging.getLogger('basicsr').warning(
+                    f"datasets: {self.opt.get('name')}: the image cache cannot be opened in process {os.getpid()} "
+                    f'({self.cache.unreachable}); it decodes each patch\'s image (the same data, slower).')
         sample_number, index = divmod(index, len(self.paths)) if self.sample_numbers else (0, index)
         path, img = self._read(index)
 
@@ -316,8 +390,10 @@ class GaussianNoiseDataset(data.Dataset):
         return {'lq': lq, 'gt': gt, 'lq_path': path, 'gt_path': path, 'sigma': sigma}
 
     def _read(self, index):
-        """``(path, image)`` of image ``index``. In training, an image that fails to decode (corrupt past its header)
-        is replaced by the next good one, with a warning the first time; validation and test stop with an error."""
+        """``(path, image)`` of image ``index``: as :func:`decode_image` makes it for validation and test; for training
+        as :func:`decode_raw` does, from the cache where it holds the image. In training, an image that fails to decode
+        (corrupt past its header) is replaced by the next good one, with a warning the first time; validation and test
+        stop with an error."""
         if self.phase != 'train':
             path = self.paths[index]
             try:
@@ -328,8 +404,11 @@ class GaussianNoiseDataset(data.Dataset):
             path = self.paths[(index + offset) % len(self.paths)]
             if path in self.undecodable:
                 continue
+            cached = self.cache.get(path) if self.cache is not None else None
+            if cached is not None:
+                return path, cached
             try:
-                return path, decode_image(self.file_client.get(path, 'gt'), path, self.in_ch)
+                return path, decode_raw(self.file_client.get(path, 'gt'), path, self.in_ch)
             except (ValueError, OSError) as error:
                 self.undecodable.add(path)
                 logging.getLogger('basicsr').warning(
@@ -338,17 +417,24 @@ class GaussianNoiseDataset(data.Dataset):
         raise ValueError(f"datasets: {self.opt.get('name')}: none of the {len(self.paths)} images can be decoded.")
 
     def _training_pair(self, img, path):
-        """Random crop, augmentation and noise, all drawn from Python's ``random``."""
+        """Random crop of the decoded image ``img`` (:func:`decode_raw`), augmentation and noise, all drawn from
+        Python's ``random``. The crop is converted to float, not the image: the same numbers, a patch's worth of
+        work; and a copy, because ``augment`` flips in place and the cache is read-only."""
         h, w = img.shape[:2]
         if h < self.gt_size or w < self.gt_size:
             raise ValueError(f'{path}: {h}x{w} is smaller than gt_size {self.gt_size}.')
         top, left = random.randint(0, h - self.gt_size), random.randint(0, w - self.gt_size)
-        img = img[top:top + self.gt_size, left:left + self.gt_size]
-        img = augment(img, self.options.use_hflip, self.options.use_rot)
-        gt = img2tensor(np.ascontiguousarray(img), bgr2rgb=True, float32=True)
+        patch = to_float(img[top:top + self.gt_size, left:left + self.gt_size])
+        patch = augment(patch, self.options.use_hflip, self.options.use_rot)
+        gt = img2tensor(np.ascontiguousarray(patch), bgr2rgb=True, float32=True)
         sigma = self._draw_sigma()
-        noise = torch.randn(gt.shape, generator=torch.Generator().manual_seed(random.getrandbits(63)))
-        return gt, gt + noise * (sigma / 255.), sigma
+        return gt, self._noisy(gt, sigma, random.getrandbits(63)), sigma
+
+    @staticmethod
+    def _noisy(gt, sigma, seed):
+        """``gt`` plus Gaussian noise of ``sigma`` (0-255 scale) from a generator seeded with ``seed``."""
+        noise = torch.randn(gt.shape, generator=torch.Generator().manual_seed(seed))
+        return noise.mul_(sigma / 255.).add_(gt)  # in place: no temporaries; the sum is gt + noise * sigma / 255
 
     def __len__(self):
         return len(self.paths)

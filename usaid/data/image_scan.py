@@ -88,7 +88,8 @@ def _parse_shape(text):
 
 def scan_lmdb_images(root):
     """``(infos, unlisted)`` of a BasicSR LMDB: an :class:`ImageInfo` per key of its ``meta_info.txt`` (in order; the
-    size from the listed shape) and the number of keys the LMDB holds that ``meta_info.txt`` does not list.
+    size from the listed shape, the bit depth from the stored PNG's header) and the number of keys the LMDB holds
+    that ``meta_info.txt`` does not list.
 
     Raises ``ValueError`` naming the file when ``root`` is not a readable BasicSR LMDB.
     """
@@ -113,8 +114,8 @@ def _scan_lmdb(root, *_signatures):
     except lmdb.Error as error:
         raise ValueError(f'{root} cannot be opened as an LMDB ({error}); expected an LMDB written by '
                          'usaid-make-lmdb') from None
-    with env, env.begin() as txn:
-        stored = {key.decode() for key in txn.cursor().iternext(keys=True, values=False)}
+    with env, env.begin(buffers=True) as txn:  # buffers: each value's header is read in place, not copied
+        stored = {bytes(key).decode(): _png_bit_depth(bytes(value[:32])) for key, value in txn.cursor()}
     infos = []
     for key, shape in listed:
         if key not in stored:
@@ -123,8 +124,8 @@ def _scan_lmdb(root, *_signatures):
             infos.append(ImageInfo(key, None))  # no shape listed: known only when decoded
         else:
             height, width, channels = shape
-            infos.append(ImageInfo(key, None, height, width, channels in (1, 2), channels in (2, 4)))
-    return tuple(infos), len(stored - {key for key, _ in listed})
+            infos.append(ImageInfo(key, None, height, width, channels in (1, 2), channels in (2, 4), stored[key]))
+    return tuple(infos), len(stored.keys() - {key for key, _ in listed})
 
 
 def image_sizes(options, paths):
