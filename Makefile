@@ -40,8 +40,9 @@ docs: install
 	$(PY) -m usaid.option_reference docs
 
 # Mutation testing of the modules that carry the method (docs/testing.md#mutation-testing): slow, so not part of
-# `make test`. `make mutation MODULE=loss` runs one module. mutmut (the `mutation` extra) works on a copy in mutants/
-# and its configuration is in setup.cfg; each glob selects the mutants of the functions that carry the method.
+# `make test`; all modules take over an hour on 2 cores, so run them one by one: `make mutation MODULE=loss`.
+# mutmut (the `mutation` extra) works on a copy in mutants/ and its configuration is in setup.cfg; each glob
+# selects the mutants of the functions that carry the method.
 MUTATION_loss := usaid.losses.usa_loss.*
 # the network's construction (~170 mutants, each building ResNets) is sampled: mutants numbered 10, 20, 30, ...
 MUTATION_usanet := $(foreach f,x_batch_statistics_problem xǁUSANetǁ_load_backbone xǁUSANetǁtrain xǁUSANetǁforward \

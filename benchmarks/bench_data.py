@@ -93,13 +93,27 @@ def patches_per_second(dataset, workers, batches, clock=time.perf_counter, round
     return statistics.median(figures)
 
 
+def positive(text):
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'{text!r}: expected an integer of at least 1')
+    return value
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--images', type=int, default=96, help='photos of each kind (default 96)')
+    parser.add_argument('--images', type=positive, default=96, help='photos of each kind (default 96)')
     parser.add_argument('--only', nargs='+', choices=('jpeg', 'png', 'lmdb'), default=('jpeg', 'png', 'lmdb'))
     parser.add_argument('--folder', action='append', default=[], help='also a folder (or *.lmdb) of your images')
-    parser.add_argument('--workers', nargs='+', type=int, default=(1, 2), help='DataLoader workers (default 1 2)')
+    parser.add_argument('--workers', nargs='+', type=positive, default=(1, 2), help='DataLoader workers (default 1 2)')
     args = parser.parse_args()
+    for folder in args.folder:
+        if not osp.isdir(folder):
+            parser.error(f'--folder {folder}: not a folder; expected a folder of images or an LMDB (*.lmdb)')
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     print(f'{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, '

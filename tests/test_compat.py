@@ -164,6 +164,18 @@ def test_every_rank_resumes_from_rank_0s_state_or_every_rank_stops(blind_ranks, 
                    and 'a filesystem every node shares' in o for o in outcomes), outcomes
 
 
+def test_a_missing_safetensors_checkpoint_is_named_as_such_on_resume(tmp_path):
+    root = tmp_path / 'experiments' / 'run'
+    (root / 'training_states').mkdir(parents=True)
+    torch.save({'iter': 4, 'epoch': 0, 'optimizers': [], 'schedulers': []}, root / 'training_states' / '4.state')
+    opt = {'auto_resume': True, 'rank': 0, 'world_size': 1, 'dist': False, 'num_gpu': 0, 'network_g': {},
+           'logger': {'save_format': 'safetensors'}, 'datasets': {'train': {'batch_size_per_gpu': 2}},
+           'path': {'experiments_root': str(root), 'training_states': str(root / 'training_states'),
+                    'models': str(root / 'models'), 'resume_state': None}}
+    compat.load_resume_state(opt)  # net_g_4.safetensors was deleted: the load names it, not a .pth never written
+    assert opt['path']['pretrain_network_g'] == str(root / 'models' / 'net_g_4.safetensors')
+
+
 class Images(torch.utils.data.Dataset):
     def __init__(self, count, resume=None):
         self.count, self.opt = count, {'resume': resume}

@@ -178,6 +178,16 @@ def test_cuda_prefetch_without_a_gpu(image_folder):
     assert problem == 'datasets:train:prefetch_mode: found cuda, but this run has no GPU; expected ~ or cpu'
 
 
+def test_validation_in_training_needs_save_img_and_a_timeout_must_fit_a_timedelta(image_folder):
+    # BasicSR's training loop reads val:save_img at each validation, after the checkpoints of the run were written
+    opt = tiny_options(image_folder)
+    del opt['val']['save_img']
+    assert only_problem(opt) == ("val:save_img: missing; expected true or false (BasicSR's training loop reads it at "
+                                 'each validation)')
+    opt = {**tiny_options(image_folder), 'dist_params': {'timeout': 10**14}}  # past datetime.timedelta's range
+    assert only_problem(opt).startswith('dist_params:timeout: found 100000000000000; expected')
+
+
 def test_persistent_workers_without_workers_are_named(image_folder):
     # torch's DataLoader raises for them in the middle of BasicSR's set-up (the recipes keep their workers alive)
     assert only_problem(tiny_options(image_folder, persistent_workers=True)) == (

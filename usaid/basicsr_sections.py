@@ -165,7 +165,7 @@ class OpenTrainOptions(TrainOptions):
 class ValOptions(Declaration):
     val_freq: int | None = option(None, 'Validate every this many iterations (required to validate in training)',
                                   minimum=1)
-    save_img: bool | None = option(None, 'Save the restored images (required by the test pipeline)')
+    save_img: bool | None = option(None, 'Save the restored images (required to validate or test: BasicSR reads it)')
     suffix: str | None = option(None, 'Suffix of the saved images\' names; default: the experiment\'s name')
     pbar: bool = option(False, 'Show a progress bar')
     metrics: dict[str, Metric] | None = option(None, 'Metrics by name: type (BasicSR\'s metric registry), arguments '
@@ -203,7 +203,7 @@ class DistParams(Declaration):
     timeout: int | None = option(None, 'Seconds a collective may wait for the other processes before the run fails '
                                        "(torchrun launcher); default: torch's (10 minutes for NCCL). Raise it when "
                                        'a validation that runs on rank 0 alone (BasicSR\'s SRModel) takes longer',
-                                 minimum=1)
+                                 minimum=1, maximum=10**9)
 
 
 @section('datasets:<phase>')

@@ -187,7 +187,7 @@ def load_checkpoint(path, content=None):
         raise CheckpointError(f'{path}: does not exist.') from None
     except IsADirectoryError:
         raise CheckpointError(f'{path}: is a folder; expected a checkpoint file.') from None
-    if _is_safetensors(content[:10]):
+    if _is_safetensors(content[:10]) or str(path).lower().endswith('.safetensors'):
         return _load_safetensors(path, content)
     export = EXPORT_KINDS.get(osp.splitext(str(path))[1].lower())
     if export:

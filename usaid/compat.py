@@ -267,7 +267,9 @@ def load_resume_state(opt):
     for key, weights in opt['path'].items():  # check_resume names net_*_<iter>.pth; logger:save_format may differ
         if key.startswith('pretrain_network') and isinstance(weights, str) and weights.endswith('.pth'):
             label, iteration = osp.basename(weights)[:-len('.pth')].rsplit('_', 1)
-            opt['path'][key] = saved_network(osp.dirname(weights), label, iteration) or weights
+            expected = weights[:-len('.pth')] + '.safetensors' if (opt.get('logger') or {}).get(
+                'save_format') == 'safetensors' else weights  # named in the message when it is missing
+            opt['path'][key] = saved_network(osp.dirname(weights), label, iteration) or expected
     # for ResumableSampler: skip, in the interrupted epoch, the batches already trained on, and the layout they had
     replicas, batch_size = sampler_layout(opt)
     opt['datasets']['train']['resume'] = {

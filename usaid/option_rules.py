@@ -49,7 +49,8 @@ class OptionFileFacts:
 
 def sections_present(opt, is_train, check):
     """The sections each pipeline indexes: ``train`` and ``logger`` to train, ``val`` (with ``val_freq``) to validate
-    in training, ``val`` with ``save_img`` to test; at least one dataset, and ``train`` among them to train."""
+    in training, ``val`` with ``save_img`` to validate or test; at least one dataset, and ``train`` among them to
+    train."""
     for key in (('train', 'logger') if is_train else ('val',)):
         if opt.get(key) is None:  # a value of another kind is reported by the top level's declaration
             check.problem(key, f"{'found nothing (null)' if key in opt else 'missing'}; expected a mapping")
@@ -58,8 +59,9 @@ def sections_present(opt, is_train, check):
         misspelt = difflib.get_close_matches('val_freq', [str(k) for k in val], n=1, cutoff=0.7)
         if is_train and val.get('val_freq') is None and not misspelt:  # a misspelling is named by val's check
             check.problem('val:val_freq', 'missing; expected an integer')
-        if not is_train and 'save_img' not in val:
-            check.problem('val:save_img', "missing; expected true or false (BasicSR's test pipeline requires it)")
+        if 'save_img' not in val and (not is_train or val.get('val_freq') is not None):
+            reader = 'training loop reads it at each validation' if is_train else 'test pipeline requires it'
+            check.problem('val:save_img', f"missing; expected true or false (BasicSR's {reader})")
     datasets = opt.get('datasets')
     if isinstance(datasets, dict):
         if not datasets:

@@ -177,3 +177,14 @@ def test_the_data_benchmark_runs_on_a_few_photos():
     rows = [line.split() for line in done.stdout.splitlines() if line.startswith('lmdb ')]
     assert [row[1] for row in rows] == ['before', 'after', 'clean']
     assert [len(row) for row in rows] == [7, 7, 6]  # name, path, 3 figures (2 for clean), the construction time
+
+
+@pytest.mark.parametrize('arguments, message', [
+    (['--images', '0'], "argument --images: '0': expected an integer of at least 1"),
+    (['--workers', '-1'], "argument --workers: '-1': expected an integer of at least 1"),
+    (['--folder', '/nonexistent'], '--folder /nonexistent: not a folder; expected a folder of images'),
+])
+def test_the_data_benchmark_refuses_bad_arguments_before_any_work(arguments, message):
+    script = Path(__file__).resolve().parents[2] / 'benchmarks' / 'bench_data.py'
+    done = subprocess.run([sys.executable, str(script), *arguments], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr and 'Traceback' not in done.stderr, done.stderr

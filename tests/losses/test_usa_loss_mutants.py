@@ -1,10 +1,38 @@
 """Tests written for mutants of usaid/losses/usa_loss.py that survived `make mutation` (docs/testing.md#mutation-
-testing): ``precision: bf16`` really runs the segmentation network under bfloat16 autocast."""
+testing): ``p*`` is clamped to [eps, 1 - eps] at both ends, with the loss's own ``eps``; ``precision: bf16`` really runs
+the segmentation network under bfloat16 autocast."""
+import math
+
+import pytest
 import torch
 
 from usaid.losses import USALoss
+from usaid.losses.usa_loss import focal_uncertainty
 
 SMALL_USA = {'type': 'USANet', 'backbone': 'resnet18', 'pretrained': 'none'}
+
+# two pixels of K = 3 classes: a confident one (p* = 0.95) and an uncertain one (p* = 0.4)
+PROBABILITIES = torch.tensor([[0.95, 0.03, 0.02], [0.4, 0.35, 0.25]])
+LOGITS = PROBABILITIES.log().T.reshape(1, 3, 1, 2)
+
+
+def by_hand(p_star, eps, gamma=2.0):
+    """REFERENCE section 1 for one pixel: p* clamped to [eps, 1 - eps], then -(1 - p*)^gamma log p*."""
+    p = min(max(p_star, eps), 1 - eps)
+    return -(1 - p) ** gamma * math.log(p)
+
+
+def test_the_arg_max_probability_is_clamped_at_both_ends():
+    for eps, expected in ((0.45, [by_hand(0.55, 0.45), by_hand(0.45, 0.45)]),  # 0.95 -> 0.55, 0.4 -> 0.45
+                          (0.02, [by_hand(0.95, 0.02), by_hand(0.4, 0.02)])):  # unchanged
+        assert torch.allclose(focal_uncertainty(LOGITS, eps=eps).flatten(), torch.tensor(expected), rtol=1e-5)
+
+
+def test_the_loss_clamps_with_its_own_eps():
+    loss = USALoss(network=SMALL_USA, eps=0.45, loss_weight=0.7)
+    loss.segment = lambda image: LOGITS  # the network's logits, fixed
+    expected = 0.7 * (by_hand(0.95, 0.45) + by_hand(0.4, 0.45)) / 2
+    assert math.isclose(loss(torch.rand(1, 3, 8, 8)).item(), expected, rel_tol=1e-5)
 
 
 def test_bf16_precision_segments_under_bfloat16_autocast():
@@ -16,3 +44,8 @@ def test_bf16_precision_segments_under_bfloat16_autocast():
     logits = loss.segment(image)
     assert logits.dtype == torch.float32 and torch.equal(logits, by_hand)
     assert not torch.equal(logits, fp32)  # bfloat16 rounding shows
+
+
+def test_a_bad_option_is_named_with_the_loss():
+    with pytest.raises(ValueError, match=r'^USALoss: gamma: found -1; expected a number >= 0$'):
+        USALoss(network=SMALL_USA, gamma=-1)

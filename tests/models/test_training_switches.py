@@ -288,6 +288,7 @@ def test_at_log_stops_at_the_print_naming_the_first_bad_iteration_and_never_save
                                           'one of inf'),
     ({'max_norm': 1, 'norm_type': 0.5}, 'grad_clip:norm_type: found 0.5; expected a number >= 1'),
     ({'norm_type': 2}, 'grad_clip:max_norm: missing; expected a number'),
+    ({'max_norm': 0}, 'grad_clip:max_norm: found 0, which clips every gradient to nothing'),
     (0.5, 'grad_clip: found 0.5 \\(a number\\); expected a mapping'),
 ])
 def test_a_bad_grad_clip_is_named(image_folder, tmp_path, grad_clip, message):

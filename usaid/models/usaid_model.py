@@ -53,9 +53,13 @@ class GradClipOptions(Declaration):
     """Gradient clipping by norm (``torch.nn.utils.clip_grad_norm_``): the gradient of all of ``network_g``'s
     parameters is scaled down to ``max_norm`` when its norm is larger. The norm before clipping is logged as
     ``grad_norm`` at ``logger:print_freq``."""
-    max_norm: float = option(REQUIRED, 'The largest gradient norm a step may apply', minimum=0)
+    max_norm: float = option(REQUIRED, 'The largest gradient norm a step may apply (more than 0)', minimum=0)
     norm_type: float | Literal['inf'] = option(2.0, 'The norm: 2 (Euclidean), 1, any p >= 1, or inf (the largest '
                                                     'absolute value)', minimum=1)
+
+    def rules(self):
+        if self.max_norm == 0:
+            yield 'max_norm', 'found 0, which clips every gradient to nothing (no step would train); expected > 0'
 
 
 @section('train')
