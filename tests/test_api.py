@@ -1,4 +1,5 @@
 """usaid.load_denoiser and usaid.denoise: NumPy in and out, the tool's results, the README's example as written."""
+import json
 import re
 import subprocess
 import sys
@@ -283,3 +284,17 @@ def test_a_network_type_no_registry_holds_is_one_message(tmp_path):
     torch.save({'params': {}}, tmp_path / 'w.pth')
     with pytest.raises(ValueError, match="network_g {'type': 'NoSuchNet'} cannot be built .*NoSuchNet"):
         usaid.load_denoiser(str(tmp_path / 'w.pth'), network_opt={'type': 'NoSuchNet'}, device='cpu')
+
+
+def test_a_safetensors_whose_metadata_asks_for_a_huge_network_is_refused_before_it_is_built(tmp_path):
+    # a hostile file: small stored weights, metadata naming a network of terabytes (num_feat 300000); the shapes are
+    # compared on the meta device, so nothing that size is ever allocated
+    from safetensors.torch import save_file
+    path = tmp_path / 'huge.safetensors'
+    weights = USAID(num_feat=8, num_layers=3).state_dict()
+    save_file({f'params.{k}': v.contiguous() for k, v in weights.items()}, str(path), metadata={
+        'format': 'basicsr', 'param_keys': 'params',
+        'network_g': json.dumps({'type': 'USAID', 'num_feat': 300000, 'num_layers': 3})})
+    with pytest.raises(CheckpointError, match=r'huge.safetensors: does not fit the network USAID: .*dncnn.0.weight: '
+                                              r'checkpoint \(8, 3, 3, 3\), network \(300000, 3, 3, 3\)'):
+        usaid.load_denoiser(path)

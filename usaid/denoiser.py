@@ -101,8 +101,13 @@ def load_denoiser(weights, network_opt=None, device='cpu', param_key='params_ema
     name."""
     if is_released_name(weights):
         weights = released_path(weights)
-    net = build_denoiser_network(network_opt or network_options_of(weights), weights)
-    net.load_state_dict(canonical_state_dict(weights, param_key, allow_bare=True, net=net))
+    network_opt = network_opt or network_options_of(weights)
+    with torch.device('meta'):  # the file is checked against a network without memory first: options from the file's
+        shapes = build_denoiser_network(network_opt, weights)  # own metadata may ask for a network of terabytes
+    state = canonical_state_dict(weights, param_key, allow_bare=True, net=shapes)
+    net = build_denoiser_network(network_opt, weights)
+    initial = net.state_dict()  # what the file leaves out (num_batches_tracked) keeps the network's initial value
+    net.load_state_dict({key: initial[key] if value.is_meta else value for key, value in state.items()})
     return net.eval().to(device)
 
 
