@@ -102,12 +102,15 @@ def load_denoiser(weights, network_opt=None, device='cpu', param_key='params_ema
     if is_released_name(weights):
         weights = released_path(weights)
     network_opt = network_opt or network_options_of(weights)
-    with torch.device('meta'):  # the file is checked against a network without memory first: options from the file's
-        shapes = build_denoiser_network(network_opt, weights)  # own metadata may ask for a network of terabytes
-    state = canonical_state_dict(weights, param_key, allow_bare=True, net=shapes)
+    try:  # the file is checked against a network without memory first: its own metadata may ask for terabytes
+        with torch.device('meta'):
+            shapes = build_denoiser_network(network_opt, weights)
+    except (ValueError, RuntimeError, NotImplementedError):  # an architecture that makes real tensors (ECBSR)
+        shapes = None
+    if shapes is not None:
+        canonical_state_dict(weights, param_key, allow_bare=True, net=shapes)
     net = build_denoiser_network(network_opt, weights)
-    initial = net.state_dict()  # what the file leaves out (num_batches_tracked) keeps the network's initial value
-    net.load_state_dict({key: initial[key] if value.is_meta else value for key, value in state.items()})
+    net.load_state_dict(canonical_state_dict(weights, param_key, allow_bare=True, net=net))
     return net.eval().to(device)
 
 
