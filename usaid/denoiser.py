@@ -13,7 +13,7 @@ from torch import nn
 from usaid import yaml_io
 from usaid.archs import USAID
 from usaid.arguments import check_at_least
-from usaid.checkpoint import canonical_state_dict, saved_network, stored_network_options
+from usaid.checkpoint import canonical_state_dict, load_checkpoint, saved_network, stored_network_options
 from usaid.inference import InferenceNetwork
 from usaid.released import NETWORK as RELEASED_NETWORK
 from usaid.released import RELEASED, is_released_name, released_name_like, released_path
@@ -107,10 +107,11 @@ def load_denoiser(weights, network_opt=None, device='cpu', param_key='params_ema
             shapes = build_denoiser_network(network_opt, weights)
     except (ValueError, RuntimeError, NotImplementedError):  # an architecture that makes real tensors (ECBSR)
         shapes = None
+    checkpoint = load_checkpoint(weights)  # read once for both checks
     if shapes is not None:
-        canonical_state_dict(weights, param_key, allow_bare=True, net=shapes)
+        canonical_state_dict(weights, param_key, allow_bare=True, net=shapes, checkpoint=checkpoint)
     net = build_denoiser_network(network_opt, weights)
-    net.load_state_dict(canonical_state_dict(weights, param_key, allow_bare=True, net=net))
+    net.load_state_dict(canonical_state_dict(weights, param_key, allow_bare=True, net=net, checkpoint=checkpoint))
     return net.eval().to(device)
 
 
