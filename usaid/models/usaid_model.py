@@ -359,9 +359,6 @@ class USAIDModel(SRModel):
         NCCL) on a large validation set."""
         self.nondist_validation(dataloader, current_iter, tb_logger, save_img)
 
-    def dist_validation(self, dataloader, current_iter, tb_logger, save_img):
-        self.nondist_validation(dataloader, current_iter, tb_logger, save_img)
-
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
         """SRModel's validation, keeping each image's metrics (for the CSV) instead of only their running sum. Under
         torchrun, image ``i`` is validated (and saved) by rank ``i % world_size``, and rank 0 gathers every image's
