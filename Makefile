@@ -58,18 +58,38 @@ MUTATION_noise := usaid.data.gaussian_noise_dataset.x_check_sigma__mutmut_* \
 	usaid.data.data_util.*
 # each of the step's mutants runs training steps (seconds each): sampled, those numbered 10, 20, 30, ...
 MUTATION_step := usaid.models.usaid_model.*optimize_parameters__mutmut_*0 usaid.models.usaid_model.*_step_is_finite__mutmut_*0
-MODULE ?= loss usanet sampler checkpoint options noise step
+MUTATION_MODULES := loss usanet sampler checkpoint options noise step
+MODULE ?= $(MUTATION_MODULES)
 comma := ,
 empty :=
 space := $(empty) $(empty)
+MUTATION_DIR := $(dir $(abspath $(firstword $(MAKEFILE_LIST))))
+
+# MODULE is checked when the makefile is read, before the set-up: an empty list of globs would have mutmut mutate
+# every function of every file (hours), and `rm -rf mutants` must act on this folder's copy only
+ifneq ($(filter mutation,$(MAKECMDGOALS)),)
+ifneq ($(CURDIR)/,$(MUTATION_DIR))
+$(error make mutation runs in the folder of its Makefile, $(MUTATION_DIR), not in $(CURDIR): make -C $(MUTATION_DIR) mutation)
+endif
+ifeq ($(strip $(MODULE)),)
+$(error MODULE is empty; expected some of: $(MUTATION_MODULES))
+endif
+$(foreach m,$(MODULE),$(if $(or $(findstring %,$(m)),$(if $(filter $(m),$(MUTATION_MODULES)),,unknown)),\
+	$(error MODULE: unknown module '$(m)'; expected some of: $(MUTATION_MODULES))))
+$(foreach m,$(MODULE),$(if $(strip $(MUTATION_$(m))),,$(error MUTATION_$(m) is empty; expected the globs of its mutants)))
+endif
+
+MUTATION_LOCKED = make mutation: another make mutation in $(CURDIR) holds .mutation.lock (its processes: fuser -v \
+	.mutation.lock); wait for it to end, or stop them
 
 .PHONY: mutation
 mutation: install
-	$(PY) -c "import importlib.metadata as m; print('\n'.join(r.split(';')[0] for r in m.requires('basicsr-usaid') if r.endswith('\"mutation\"')))" > $(VENV)/usaid-mutation-requirements.txt
-	$(PIP) install -q -r $(VENV)/usaid-mutation-requirements.txt
-	rm -rf mutants  # a fresh copy: mutmut's cached test-to-function map would miss tests added since
+	@# one run at a time in this folder: a second would delete the first's mutants/ (the lock ends with the run);
+	@# then a fresh copy, as mutmut's cached test-to-function map would miss tests added since
+	{ exec 9>.mutation.lock && flock --nonblock 9; } || { echo "$(MUTATION_LOCKED)" >&2; exit 1; }; \
+	rm -rf mutants && \
 	USAID_SHARED=$(abspath ..)/shared nice -n 10 $(VENV)/bin/mutmut run --max-children 2 \
-		$(foreach m,$(MODULE),$(foreach g,$(MUTATION_$(m)),'$(g)'))
+		$(foreach m,$(MODULE),$(foreach g,$(MUTATION_$(m)),'$(g)')) && \
 	$(PY) benchmarks/mutation_score.py --survivors \
 		$(foreach m,$(MODULE),'$(m)=$(subst $(space),$(comma),$(strip $(MUTATION_$(m))))')
 

@@ -68,9 +68,9 @@ setup(
         'export': EXTRA_SAFETENSORS + EXTRA_ONNX + EXTRA_SPANDREL,
         'perceptual': EXTRA_PERCEPTUAL,
         'mutation': EXTRA_MUTATION,
-        # the tests also check every export
+        # the tests also check every export, and make mutation's set-up and score
         'test': ['pytest>=7', 'pytest-timeout', 'ruff==0.17.6', 'jsonschema>=4.18', *EXTRA_SAFETENSORS, *EXTRA_ONNX,
-                 *EXTRA_SPANDREL, *EXTRA_PERCEPTUAL],
+                 *EXTRA_SPANDREL, *EXTRA_PERCEPTUAL, *EXTRA_MUTATION],
     },
     entry_points={
         'console_scripts': [

@@ -75,6 +75,12 @@ KINDS = [
     ('a value inside a mapping of values', set_value('val:metrics:psnr', 'psnr'), 'val:metrics:psnr', "found 'psnr'"),
     ('unregistered type', set_value('train:usa_opt:network:type', 'USANett'), 'train:usa_opt:network:type',
      "'USANett' is not a registered"),
+    ('a dataset that is not a mapping', set_value('datasets:val', 5), 'datasets:val',
+     'found 5 (an integer); expected a mapping of dataset options'),
+    ("a missing path of one of BasicSR's datasets", lambda opt: opt['datasets'].update(val={
+        'name': 'paired', 'type': 'PairedImageDataset', 'dataroot_gt': 'no/such/folder',
+        'dataroot_lq': opt['datasets']['val']['dataroot_gt'], 'io_backend': {'type': 'disk'}}),
+     'datasets:val:dataroot_gt', 'no/such/folder does not exist; expected an existing path'),
 ]
 
 

@@ -45,7 +45,7 @@ from tqdm import tqdm  # noqa: E402
 
 from usaid.arguments import check_sigma  # noqa: E402
 from usaid.checkpoint import canonical_state_dict, load_checkpoint, save_atomically  # noqa: E402
-from usaid.data.data_util import add_protocol_noise  # noqa: E402
+from usaid.data.data_util import PROTOCOL_NOISE_SEED, add_protocol_noise  # noqa: E402
 from usaid.data.gaussian_noise_dataset import GaussianNoiseDataset, collect_images  # noqa: E402
 from usaid.denoiser import resolve_model  # noqa: E402
 from usaid.evaluation import paired_section, write_csv  # noqa: E402
@@ -62,7 +62,7 @@ METRICS = {
     'lpips': {'type': 'calculate_lpips', 'crop_border': 0, 'net': 'alex', 'better': 'lower'},  # usaid.metrics
 }
 # BasicSR's NIQE fits a covariance over 96 x 96 blocks: one block gives NaN; two in each direction are enough
-PROTOCOL = {'noise_seed': 0, 'metrics': METRICS, 'version': 2}  # 2: per-image values cached
+PROTOCOL = {'noise_seed': PROTOCOL_NOISE_SEED, 'metrics': METRICS, 'version': 2}  # 2: per-image values cached
 
 
 def canonical_checkpoint(name, weights, network_opt, param_key, folder):

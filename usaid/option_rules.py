@@ -111,8 +111,9 @@ def gpus_present(opt, check):
         if not torch.cuda.is_available() or value == 0:
             check.problem('datasets:train:prefetch_mode', 'found cuda, but this run has no GPU; expected ~ or cpu')
         elif train_set.get('pin_memory') is not True:
-            check.problem('datasets:train:pin_memory', f"{found(train_set.get('pin_memory'))}; expected true: "
-                                                       "BasicSR's CUDAPrefetcher needs pinned memory")
+            was = found(train_set['pin_memory']) if 'pin_memory' in train_set else 'missing'
+            check.problem('datasets:train:pin_memory', f"{was}; expected true: BasicSR's CUDAPrefetcher needs pinned "
+                                                       'memory')
 
 
 def dataset_images(opt, loader, options, key, facts, check):

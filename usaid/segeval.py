@@ -187,7 +187,7 @@ def segeval(pairs, denoisers, sigmas, segnet, device='cpu', batch_size=4, normal
             segment('clean', None, to_8bit(clean), labels, None, names)
             continue
         references = [(rgb * 255).round() for rgb, _ in read]
-        noisy = torch.from_numpy(np.stack([add_protocol_noise(rgb, sigma, 0) for rgb, _ in read])).permute(
+        noisy = torch.from_numpy(np.stack([add_protocol_noise(rgb, sigma) for rgb, _ in read])).permute(
             0, 3, 1, 2).float().to(device)
         segment('noisy', sigma, to_8bit(noisy), labels, references, names)
         for name, net in denoisers.items():

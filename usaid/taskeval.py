@@ -173,7 +173,7 @@ def taskeval(items, class_names, denoisers, sigmas, classifier, device='cpu', ba
         clean = torch.from_numpy(rgb).permute(2, 0, 1).float()
         add((None, 'clean'), item, clean)
         for sigma in sigmas:
-            noisy = torch.from_numpy(add_protocol_noise(rgb, sigma, 0)).permute(2, 0, 1).float()
+            noisy = torch.from_numpy(add_protocol_noise(rgb, sigma)).permute(2, 0, 1).float()
             add((sigma, 'noisy'), item, noisy)
             for name, denoiser in denoisers.items():
                 with torch.inference_mode():

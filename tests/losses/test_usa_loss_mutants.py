@@ -49,3 +49,22 @@ def test_bf16_precision_segments_under_bfloat16_autocast():
 def test_a_bad_option_is_named_with_the_loss():
     with pytest.raises(ValueError, match=r'^USALoss: gamma: found -1; expected a number >= 0$'):
         USALoss(network=SMALL_USA, gamma=-1)
+
+
+def test_without_a_network_option_the_loss_segments_with_usanets_defaults(monkeypatch):
+    """REFERENCE section 1: a ResNet-101/FPN with ImageNet weights and 21 classes, which is USANet with no options."""
+    import torchvision
+
+    import usaid.archs.usanet_arch
+    from usaid.archs import USANet
+    loaded = []
+
+    def random_imagenet_weights(backbone):  # no download in tests: torchvision's architecture, random weights
+        loaded.append(backbone)
+        return getattr(torchvision.models, backbone)(weights=None).state_dict()
+
+    monkeypatch.setattr(usaid.archs.usanet_arch, 'load_imagenet_state_dict', random_imagenet_weights)
+    loss = USALoss()
+    assert type(loss.net) is USANet and loaded == ['resnet101']
+    assert [len(stage) for stage in loss.net.stages] == [3, 4, 23, 3]  # ResNet-101's blocks
+    assert loss.segment(torch.rand(1, 3, 64, 64)).shape[1] == 21

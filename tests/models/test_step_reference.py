@@ -1,7 +1,12 @@
 """USAIDModel's step against independent references: the EMA decay formula, and a non-finite gradient under finite
-losses (the step must not be applied)."""
+losses, or a non-finite loss on one process of several (the step must not be applied)."""
+import copy
+
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from basicsr.models import build_model
 
 from tests.conftest import tiny_options
 from tests.models.test_usaid_model import batch, build
@@ -77,3 +82,48 @@ def test_a_non_finite_gradient_with_finite_losses_is_not_applied(image_folder, t
     model.optimize_parameters(3)  # the next good step trains
     assert not torch.equal(before[0]['dncnn.0.weight'], model.net_g.state_dict()['dncnn.0.weight'])
     assert all(torch.isfinite(v).all() for v in model.net_g.state_dict().values())
+
+
+def _one_rank_of_a_step_with_a_non_finite_loss(rank, world_size, root, image_folder, action):
+    """One of 2 gloo processes: a good step, then a step whose loss is NaN on rank 1 only, its gradient finite (a NaN
+    constant added to the loss). Writes whether this rank stopped, and whether its network, EMA and optimizer state
+    are unchanged."""
+    dist.init_process_group('gloo', init_method=f'file://{root / "init"}', rank=rank, world_size=world_size)
+    try:
+        opt = tiny_options(image_folder, usa=False)
+        opt['train']['non_finite_loss'] = {'action': action, 'max_skips': 1}
+        opt = copy.deepcopy(opt)
+        opt.update(is_train=True, dist=True, rank=rank, world_size=world_size, root_path=str(root))
+        opt['path'].update(models=str(root), training_states=str(root))
+        model = build_model(opt)
+        data = batch(image_folder)
+        model.feed_data(data)
+        model.optimize_parameters(1)
+        before = snapshot(model)
+        if rank == 1:
+            pixel_loss = model.cri_pix
+            model.cri_pix = lambda output, gt: pixel_loss(output, gt) + torch.tensor(float('nan'))
+        model.feed_data(data)
+        try:
+            model.optimize_parameters(2)
+            outcome = 'went on'
+        except NonFiniteLossError:
+            outcome = 'stopped'
+        try:
+            assert_unchanged(before, model)
+            outcome += ', unchanged'
+        except AssertionError:
+            outcome += ', changed'
+        (root / f'result.{rank}').write_text(outcome)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize('action', ['stop', 'skip'])
+def test_a_step_that_is_not_finite_on_one_process_is_applied_by_none(image_folder, tmp_path, action):
+    """DDP averages the gradients, but each process has its own losses: a non-finite loss on one process must stop or
+    skip the step on every process, or their weights part."""
+    mp.start_processes(_one_rank_of_a_step_with_a_non_finite_loss, args=(2, tmp_path, image_folder, action), nprocs=2,
+                       start_method='fork')
+    expected = {'stop': 'stopped, unchanged', 'skip': 'went on, unchanged'}[action]
+    assert [(tmp_path / f'result.{rank}').read_text() for rank in range(2)] == [expected, expected]

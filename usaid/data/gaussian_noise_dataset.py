@@ -15,7 +15,7 @@ from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
 from usaid.basicsr_sections import LoaderOptions
-from usaid.data.data_util import IMAGE_EXTENSIONS, add_protocol_noise
+from usaid.data.data_util import IMAGE_EXTENSIONS, PROTOCOL_NOISE_SEED, add_protocol_noise
 from usaid.data.image_cache import ImageCache, cache_limit, format_bytes
 from usaid.data.image_scan import scan_folder_images, scan_lmdb_images
 from usaid.declarations import REQUIRED, Declaration, declared, option
@@ -273,7 +273,7 @@ class GaussianNoiseDataset(data.Dataset):
         sigma_type: SigmaType = option('fixed', 'fixed, uniform or choice')
         sigma: float | tuple[float, ...] = option(REQUIRED, 'Noise level(s), 0-255 scale: a number for fixed, '
                                                             '[low, high] for uniform, a list for choice')
-        noise_seed: int = option(0, 'Validation/test seed, the same for every image', minimum=0)
+        noise_seed: int = option(PROTOCOL_NOISE_SEED, 'Validation/test seed, the same for every image', minimum=0)
         cache_bytes: int = option(8 * 2**30, 'Training: keep decoded images (uint8) in memory shared by the loader '
                                              'workers, up to this many bytes per process (and half the available '
                                              'memory); the rest are decoded for each patch. 0: no cache', minimum=0)

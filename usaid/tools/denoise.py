@@ -34,7 +34,7 @@ from tqdm import tqdm
 from usaid import api
 from usaid.allocator import keep_freed_memory
 from usaid.arguments import check_at_least, check_seed, check_sigma, resolve_device
-from usaid.data.data_util import IMAGE_EXTENSIONS, add_protocol_noise
+from usaid.data.data_util import IMAGE_EXTENSIONS, PROTOCOL_NOISE_SEED, add_protocol_noise
 from usaid.data.image_scan import scan_file
 from usaid.denoiser import MIN_TILE, check_tiling, read_network_opt
 from usaid.errors import CheckpointError
@@ -168,7 +168,8 @@ def main(argv=None):
     parser.add_argument('--device', default='auto', help='auto (a GPU when there is one), cpu, cuda, cuda:1, ...')
     parser.add_argument('--add-noise', type=float, metavar='SIGMA', help='add Gaussian noise (0-255 scale) first '
                         'and report PSNR/SSIM against the clean input')
-    parser.add_argument('--seed', type=int, default=0, help='seed of --add-noise (the test protocol uses 0)')
+    parser.add_argument('--seed', type=int, default=PROTOCOL_NOISE_SEED,
+                        help='seed of --add-noise (default: the test protocol\'s, %(default)s)')
     parser.add_argument('--side-by-side', action='store_true', help='also write <name>_side_by_side.png')
     parser.add_argument('--overwrite', action='store_true', help='replace existing output files, and allow OUTPUT '
                         'to be the input, or a folder that is, lies inside or contains the input folder')

@@ -29,7 +29,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from usaid.archs.usanet_arch import BACKBONES  # noqa: E402
 from usaid.arguments import check_at_least, check_seed, check_sigma, resolve_device  # noqa: E402
-from usaid.data.data_util import add_protocol_noise  # noqa: E402
+from usaid.data.data_util import PROTOCOL_NOISE_SEED, add_protocol_noise  # noqa: E402
 from usaid.denoiser import denoise, load_denoiser, read_network_opt  # noqa: E402
 from usaid.errors import CheckpointError  # noqa: E402
 from usaid.image_io import read_image  # noqa: E402
@@ -144,7 +144,8 @@ def main(argv=None):
     parser.add_argument('-o', '--output', default='usaid_visualize.png', help='the PNG figure to write')
     parser.add_argument('--add-noise', type=float, metavar='SIGMA',
                         help='add Gaussian noise (0-255 scale) by the test protocol; the image is then the clean one')
-    parser.add_argument('--seed', type=int, default=0, help='seed of --add-noise (the test protocol uses 0)')
+    parser.add_argument('--seed', type=int, default=PROTOCOL_NOISE_SEED,
+                        help='seed of --add-noise (default: the test protocol\'s, %(default)s)')
     parser.add_argument('-opt', help="option file whose network_g builds the networks (default: USAID's defaults)")
     parser.add_argument('--crop', type=int, nargs=3, metavar=('TOP', 'LEFT', 'SIZE'), help='the zoom window')
     parser.add_argument('--usa-backbone', choices=BACKBONES, default='resnet101')
