@@ -123,7 +123,8 @@ def _one_rank_of_a_step_with_a_non_finite_loss(rank, world_size, root, image_fol
 def test_a_step_that_is_not_finite_on_one_process_is_applied_by_none(image_folder, tmp_path, action):
     """DDP averages the gradients, but each process has its own losses: a non-finite loss on one process must stop or
     skip the step on every process, or their weights part."""
+    # spawned: a process forked after this one has computed can hang in torch's thread pool
     mp.start_processes(_one_rank_of_a_step_with_a_non_finite_loss, args=(2, tmp_path, image_folder, action), nprocs=2,
-                       start_method='fork')
+                       start_method='spawn')
     expected = {'stop': 'stopped, unchanged', 'skip': 'went on, unchanged'}[action]
     assert [(tmp_path / f'result.{rank}').read_text() for rank in range(2)] == [expected, expected]
