@@ -57,3 +57,19 @@ def test_the_option_check_refuses_metrics_the_validation_images_are_too_small_fo
         cv2.imwrite(str(image_folder / 'val' / f'img{i}.png'), smooth_image(np.random.default_rng(i), 200, 120))
     opt['val']['metrics']['ssim']['crop_border'] = 0
     check_options(opt, 'large.yml', is_train=True)
+
+
+def test_the_refusal_names_the_first_image_too_small_and_counts_them(image_folder):
+    """Two of four validation images too small: the first of them (in the dataset's order) is named, both counted."""
+    for i in range(2):
+        cv2.imwrite(str(image_folder / 'val' / f'img{i}.png'), smooth_image(np.random.default_rng(i), 200, 120))
+    small = image_folder / 'val' / 'img8.png'
+    cv2.imwrite(str(small), smooth_image(np.random.default_rng(8), 90, 120))
+    cv2.imwrite(str(image_folder / 'val' / 'img9.png'), smooth_image(np.random.default_rng(9), 80, 120))
+    opt = tiny_options(image_folder)
+    opt['val']['metrics'] = {'niqe': {'type': 'calculate_niqe', 'crop_border': 0}}
+    with pytest.raises(OptionError) as error:
+        check_options(opt, 'one_small.yml', is_train=True)
+    [problem] = error.value.problems
+    assert problem.startswith('val:metrics:niqe: calculate_niqe needs at least two 96x96 blocks')
+    assert f'({small}); 2 of the 4 images of datasets:val are too small' in problem
